@@ -147,7 +147,7 @@ SCHEMA: dict[str, Any] = {
         "margin": number(0.0, 100.0, open_low=True),
         "optimizer": one_of("dadapt_adam", "adam"),
         "lr": number(0.0, 100.0, open_low=True),
-        "batch_size": integer(1),
+        "batch_size": integer(2),  # BatchNorm needs two samples
         "epochs": integer(1),
         "patience": integer(1),
         "seed": integer(0),

@@ -1,0 +1,137 @@
+"""End to end: the real dvc.yaml on the embedded demo, in a temporary git clone of the project.
+
+One demo run (with fewer epochs and filters than the committed defaults, to keep CI short) is
+shared by the tests: it checks the metrics the stages write, that an edit of params.yaml
+invalidates exactly the stages that read the edited key, and that `dvc metrics diff` and
+`dvc params diff` compare two branches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+FAST_OVERRIDES = {
+    ("target", "epochs"): 2,
+    ("train", "epochs"): 3,
+    ("evaluate", "filters"): list(range(0, 512, 8)),
+    ("evaluate", "image_masking_filters"): [0, 8],
+    ("evaluate", "heatmap_filters"): [0],
+}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1", TQDM_DISABLE="1")
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([str(BIN / "dvc"), *args], cwd, check)
+
+
+def set_params(repo: Path, overrides: dict[tuple[str, ...], object]) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for keys, value in overrides.items():
+        node = params
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def project_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file() and not f.startswith(("metrics/", "dvc.lock"))]
+
+
+@pytest.fixture(scope="module")
+def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("clone")
+    for name in project_files():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    set_params(repo, FAST_OVERRIDES)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "demo"], repo)
+    dvc("repro", cwd=repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"], repo)
+    return repo
+
+
+def stale_stages(repo: Path) -> set[str]:
+    return set(json.loads(dvc("status", "--json", cwd=repo).stdout or "{}"))
+
+
+def test_demo_run_writes_every_method(demo_repo: Path) -> None:
+    recall = json.loads((demo_repo / "metrics" / "recall.json").read_text())
+    for method in ("original_image", "image_masking", "activation_masking", "filter_attention", "projection"):
+        scores = recall[method]
+        for s in (1, 5, 10, 20):
+            assert 0.0 <= scores[f"recall@{s}"] <= 1.0
+        assert scores["recall@5"] <= scores["recall@10"] <= scores["recall@20"]
+    assert recall["filter_attention"]["n_filters"] == len(FAST_OVERRIDES[("evaluate", "filters")])
+    assert "seen" in recall["filter_attention"] and "unseen" in recall["filter_attention"]
+    assert (demo_repo / "results" / "explanations.csv").is_file()
+    assert any((demo_repo / "results" / "heatmaps").glob("*.png"))
+    for name in ("annotations.json", "train.json", "target.json"):
+        assert json.loads((demo_repo / "metrics" / name).read_text())
+    assert stale_stages(demo_repo) == set()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        (("evaluate", "p"), 10, {"evaluate"}),
+        (("train", "margin"), 0.5, {"train"}),
+        (("backbone", "layer"), "layer3", {"features", "evaluate"}),
+        (("split", "seed"), 7, {"annotations"}),
+        (("preprocess", "min_images"), 30, {"annotations"}),
+        (("features", "batch_size"), 8, {"features"}),
+        (("target", "lr"), 0.01, {"target"}),
+        (("data", "demo_seed"), 3, {"download"}),
+    ],
+)
+def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:
+    original = (demo_repo / "params.yaml").read_text()
+    try:
+        set_params(demo_repo, {key: value})
+        assert stale_stages(demo_repo) == expected
+    finally:
+        (demo_repo / "params.yaml").write_text(original)
+    assert stale_stages(demo_repo) == set()
+
+
+def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
+    run(["git", "checkout", "-q", "-b", "random-weights"], demo_repo)
+    try:
+        set_params(demo_repo, {("backbone", "weights"): "none"})
+        dvc("repro", cwd=demo_repo)
+        run(["git", "add", "-A"], demo_repo)
+        run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "random weights"], demo_repo)
+        metrics = json.loads(dvc("metrics", "diff", "main", "--json", cwd=demo_repo).stdout)
+        recall = metrics["metrics/recall.json"]
+        for s in (5, 10, 20):
+            assert f"filter_attention.recall@{s}" in recall
+            entry = recall[f"filter_attention.recall@{s}"]
+            assert set(entry) >= {"old", "new"}
+        params = json.loads(dvc("params", "diff", "main", "--json", cwd=demo_repo).stdout)
+        assert params["params.yaml"]["backbone.weights"] == {"old": "target", "new": "none"}
+    finally:
+        run(["git", "checkout", "-q", "main"], demo_repo)
