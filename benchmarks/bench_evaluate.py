@@ -1,0 +1,102 @@
+"""Benchmark of the evaluate stage on a synthetic cache of the demo's size.
+
+All filters of a ResNet-18 layer4 (512 × 7 × 7), ~200 evaluation images, a 400k-word 50d
+vocabulary and a randomly initialised explainer; every method except image masking (which
+re-runs the CNN and is limited by params). Prints filters/s and the peak RSS.
+
+    python benchmarks/bench_evaluate.py [--images 200] [--filters 512] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from lavise.evaluation import evaluate_explanations
+from lavise.explainer import Explainer, save_explainer
+
+CATEGORY_NAMES = [f"cat{i}" for i in range(60)]
+
+
+def build_cache(root: Path, n_images: int, channels: int, vocab_size: int, emb_dim: int, seed: int) -> None:
+    """Feature maps, boxes annotations, a random unit-vector vocabulary and a random explainer."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(vocab_size - len(CATEGORY_NAMES))] + CATEGORY_NAMES
+    glove = root / "glove"
+    glove.mkdir(parents=True)
+    vectors = rng.normal(size=(vocab_size, emb_dim)).astype(np.float32)
+    np.save(glove / "vectors.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    pq.write_table(pa.table({"word": words}), glove / "vocab.parquet")
+    annotations = root / "annotations"
+    annotations.mkdir()
+    roles = ["seen" if i % 10 < 7 else "unseen" for i in range(len(CATEGORY_NAMES))]
+    pq.write_table(pa.table({"category": CATEGORY_NAMES, "tokens": [[c] for c in CATEGORY_NAMES], "role": roles}),
+                   annotations / "categories.parquet")
+    images, objects = [], []
+    for i in range(n_images):
+        height, width = int(rng.integers(300, 500)), int(rng.integers(300, 500))
+        images.append({"image_id": i, "path": f"images/{i}.jpg", "width": width, "height": height})
+        for c in rng.choice(len(CATEGORY_NAMES), size=int(rng.integers(2, 9)), replace=False):
+            w, h = rng.uniform(30, width), rng.uniform(30, height)
+            objects.append({"object_id": len(objects), "image_id": i, "category": CATEGORY_NAMES[c], "kind": "boxes",
+                            "rle": None, "boxes": [rng.uniform(0, width - w), rng.uniform(0, height - h), w, h]})
+    pq.write_table(pa.Table.from_pylist(images), annotations / "images.parquet")
+    pq.write_table(pa.Table.from_pylist(objects, schema=pa.schema([
+        ("object_id", pa.int64()), ("image_id", pa.int64()), ("category", pa.string()), ("kind", pa.string()),
+        ("rle", pa.string()), ("boxes", pa.list_(pa.float32()))])), annotations / "objects.parquet")
+    features = root / "features"
+    features.mkdir()
+    maps = np.maximum(rng.normal(-0.3, 1.0, size=(n_images, channels, 7, 7)), 0).astype(np.float16)
+    np.save(features / "val_maps.npy", maps)
+    (features / "meta.json").write_text(json.dumps({"channels": channels, "height": 7, "width": 7}))
+    pq.write_table(pa.table({"row": np.arange(n_images), "image_id": np.arange(n_images)}), features / "val_images.parquet")
+    torch.manual_seed(seed)
+    save_explainer(Explainer(channels, emb_dim).eval(), {"class_tokens": CATEGORY_NAMES}, root / "explainer")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--filters", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=400_000)
+    parser.add_argument("--p", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        build_cache(root, args.images, 512, args.vocab, 50, args.seed)
+        evaluate = {
+            "p": args.p, "quantile": 0.995, "iou_threshold": 0.04, "top_s": [5, 10, 20], "vocabulary": "glove",
+            "filters": list(range(args.filters)), "image_masking_filters": [], "word_weighting": "activation",
+            "heatmap_filters": [], "batch_size": 256, "device": "cpu",
+        }
+        start = time.perf_counter()
+        metrics = evaluate_explanations(
+            root / "features", root / "annotations", root / "explainer", root / "glove", root / "raw",
+            root / "recall.json", root / "results",
+            backbone={"name": "resnet18", "weights": "none", "layer": "layer4", "num_classes": None},
+            transform={"resize": 256, "crop": 224}, evaluate=evaluate,
+        )
+        elapsed = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    pairs = metrics["projection"]["n_pairs"]
+    print(f"images={args.images} filters={args.filters} p={args.p} vocab={args.vocab} threads={args.threads}")
+    print(f"elapsed {elapsed:.1f} s  ->  {args.filters / elapsed:.1f} filters/s  (scored pairs: {pairs})")
+    print(f"peak RSS {peak_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
