@@ -170,7 +170,7 @@ def bench_fact2023(args: argparse.Namespace) -> None:
     from lavise.io import read_json
     from lavise.masks import image_object_masks
     from lavise.params import load_params
-    from lavise.training import load_class_vectors, load_classes, load_split, make_optimizer
+    from lavise.training import load_class_vectors, load_classes, make_optimizer
 
     torch.set_num_threads(args.threads)
     params = load_params(args.params)

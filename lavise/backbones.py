@@ -164,3 +164,16 @@ def pool_features(maps: torch.Tensor) -> torch.Tensor:
     all explainers see the same kind of input.
     """
     return maps.mean(dim=(-2, -1))
+
+
+def resolve_weights(weights: str, target_model: Path) -> str:
+    """`target` means the checkpoint the `target` stage trained; anything else passes through."""
+    if weights != "target":
+        return weights
+    checkpoint = target_model / "model.safetensors"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"backbone.weights is 'target' but {checkpoint} does not exist: run the target stage "
+            "(dvc repro target) or set backbone.weights to a torchvision weights name, none or a path"
+        )
+    return str(checkpoint)

@@ -100,10 +100,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_filters(selection: str | Sequence[int], n_channels: int, key: str) -> np.ndarray:
-    """``all`` or a list of filter indices, checked against the layer's channel count."""
+def resolve_filters(selection: str | Sequence[int] | dict[str, int], n_channels: int, key: str) -> np.ndarray:
+    """``all``, ``{every: k}`` (filters 0, k, 2k, ...) or a list of filter indices, checked
+    against the layer's channel count."""
     if selection == "all":
         return np.arange(n_channels, dtype=np.int64)
+    if isinstance(selection, dict):
+        return np.arange(0, n_channels, int(selection["every"]), dtype=np.int64)
     filters = np.asarray(list(selection), dtype=np.int64)
     bad = filters[(filters < 0) | (filters >= n_channels)]
     if len(bad):

@@ -72,8 +72,13 @@ def text(nullable: bool = False) -> Validator:
 def all_or_indices(key: str, value: Any) -> None:
     if value == "all":
         return
+    if isinstance(value, dict):
+        every = value.get("every")
+        if set(value) != {"every"} or not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            _fail(key, value, "`all`, `{every: k}` with an integer k >= 1, or a list of filter indices")
+        return
     if not (isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value)):
-        _fail(key, value, "`all` or a non-empty list of filter indices (integers >= 0)")
+        _fail(key, value, "`all`, `{every: k}` or a non-empty list of filter indices (integers >= 0)")
     if len(set(value)) != len(value):
         _fail(key, value, "a list without repeated filter indices")
 

@@ -6,9 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from lavise.backbones import resolve_weights
 from lavise.evaluation import evaluate_explanations
 from lavise.params import load_params
-from stages.features import resolve_weights
 
 
 def main() -> None:

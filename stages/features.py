@@ -6,21 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from lavise.backbones import resolve_weights
 from lavise.feature_cache import build_feature_cache
 from lavise.params import load_params
-
-
-def resolve_weights(weights: str, target_model: Path) -> str:
-    """`target` means the checkpoint the `target` stage trained; anything else passes through."""
-    if weights != "target":
-        return weights
-    checkpoint = target_model / "model.safetensors"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(
-            f"backbone.weights is 'target' but {checkpoint} does not exist: run the target stage "
-            "(dvc repro target) or set backbone.weights to a torchvision weights name, none or a path"
-        )
-    return str(checkpoint)
 
 
 def main() -> None:

@@ -275,3 +275,13 @@ def test_tokens_of_categories_matches_loop() -> None:
             if truth[p, c]:
                 expected[p] |= incidence[c]
     assert np.array_equal(tokens_of_categories(truth, incidence), expected)
+
+
+def test_resolve_filters_forms() -> None:
+    from lavise.evaluation import resolve_filters
+
+    assert resolve_filters("all", 4, "filters").tolist() == [0, 1, 2, 3]
+    assert resolve_filters({"every": 3}, 10, "filters").tolist() == [0, 3, 6, 9]
+    assert resolve_filters([5, 1], 8, "filters").tolist() == [1, 5]
+    with pytest.raises(ValueError, match=r"evaluate.filters: filter\(s\) \[9\] outside the layer's 0..7"):
+        resolve_filters([9], 8, "filters")

@@ -17,12 +17,11 @@ from safetensors.torch import save_file
 from torchvision.models import get_model
 
 from lavise import feature_cache
-from lavise.backbones import build_feature_extractor
+from lavise.backbones import build_feature_extractor, resolve_weights
 from lavise.feature_cache import ImageObjectsDataset, build_feature_cache, open_feature_cache
 from lavise.geometry import mask_to_grid, masks_to_crop
 from lavise.images import decode_image, preprocess
 from lavise.masks import image_object_masks
-from stages.features import resolve_weights
 
 RESIZE, CROP, LAYER = 72, 64, "layer2"  # resnet18 layer2 at 64 px: 128 x 8 x 8
 

@@ -10,8 +10,7 @@ import torch
 from PIL import Image
 
 from lavise.geometry import transform_geometry
-from lavise.images import IMAGENET_MEAN, IMAGENET_STD, UndecodableImageError, decode_image
-from lavise.images import normalize, preprocess
+from lavise.images import IMAGENET_MEAN, IMAGENET_STD, UndecodableImageError, decode_image, normalize, preprocess
 
 
 @pytest.fixture(scope="module")

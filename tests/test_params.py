@@ -38,6 +38,8 @@ def test_committed_params_are_valid() -> None:
         (("train", "epochs"), 2.5, "`train.epochs` = 2.5"),
         (("evaluate", "top_s"), [10, 5], "strictly increasing"),
         (("evaluate", "filters"), [1, 1], "without repeated filter indices"),
+        (("evaluate", "filters"), {"every": 0}, "`{every: k}` with an integer k >= 1"),
+        (("evaluate", "image_masking_filters"), {"each": 2}, "`evaluate.image_masking_filters`"),
         (("evaluate", "vocabulary"), "no/such/words.txt", "`evaluate.vocabulary`"),
         (("data", "glove_dim"), 300, "50 with data.source: demo"),
         (("data", "datasets"), ["coco"], "`dataset` = 'vg' is invalid; allowed: one of data.datasets ['coco']"),
