@@ -92,6 +92,7 @@ def build_random_cache(root: Path, n_train: int, n_val: int, dim: int, n_categor
             "object_id": np.arange(n, dtype=np.int64),
             "image_id": np.arange(n, dtype=np.int64) // 7,
             "category": pa.DictionaryArray.from_arrays(category_codes.astype(np.int32), categories).cast(pa.string()),
+            "coverage": np.full(n, 0.25, dtype=np.float32),
         }), features / f"{split}_objects.parquet")
     (features / "meta.json").write_text(json.dumps(
         {"backbone": "random", "weights": "none", "layer": "layer4", "channels": dim}))

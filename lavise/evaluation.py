@@ -533,7 +533,7 @@ def evaluate_explanations(
             entry["seen"] = _split_metrics(recall_at(tokens, seen_tokens[subset], s_values))
             entry["unseen"] = _split_metrics(recall_at(tokens, unseen_tokens[subset], s_values))
         if method == "image_masking":
-            entry["filters"] = "all" if len(masking_filters) == n_channels else ",".join(map(str, masking_filters))
+            entry["filters"] = masking_filters_label(filters, masking_selected, n_channels)
         top_words = _explanations(word_ids[method][:, :explain_words], weights_all[subset], pairs, subset, len(filters))
         entry["n_distinct_concepts"] = len({words[0] for words, _ in top_words.values() if words})
         metrics[method] = entry
@@ -567,6 +567,16 @@ def evaluate_explanations(
                     image_ids, image_path, explanation_rows, resize, crop)
     log.info("recall@%s per method: %s", s_values, {m: [metrics[m].get(f"recall@{s}") for s in s_values] for m in metrics})
     return metrics
+
+
+def masking_filters_label(filters: np.ndarray, masking_selected: np.ndarray, n_channels: int) -> str:
+    """The filters image masking was actually run on: ``all`` (every filter of the layer) or a list.
+
+    Those are the evaluated filters that are also in ``image_masking_filters``, not the configured
+    list itself (which may name filters outside ``evaluate.filters``).
+    """
+    masked = filters[masking_selected]
+    return "all" if len(masked) == n_channels else ",".join(map(str, masked.tolist()))
 
 
 def _explanations(

@@ -285,3 +285,16 @@ def test_resolve_filters_forms() -> None:
     assert resolve_filters([5, 1], 8, "filters").tolist() == [1, 5]
     with pytest.raises(ValueError, match=r"evaluate.filters: filter\(s\) \[9\] outside the layer's 0..7"):
         resolve_filters([9], 8, "filters")
+
+
+def test_image_masking_filters_label_names_the_evaluated_filters() -> None:
+    from lavise.evaluation import masking_filters_label
+
+    # filters 16..27 evaluated, image masking configured {every: 8}: only 16 and 24 are masked
+    filters = np.arange(16, 28)
+    masking = np.isin(filters, np.arange(0, CHANNELS, 8))
+    assert masking_filters_label(filters, masking, CHANNELS) == "16,24"
+    # image masking on every filter, but only a subset of the layer evaluated: not "all"
+    assert masking_filters_label(filters, np.ones(len(filters), dtype=bool), CHANNELS) == ",".join(map(str, filters))
+    assert masking_filters_label(np.arange(CHANNELS), np.ones(CHANNELS, dtype=bool), CHANNELS) == "all"
+    assert masking_filters_label(filters, np.zeros(len(filters), dtype=bool), CHANNELS) == ""

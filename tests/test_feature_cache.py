@@ -137,8 +137,10 @@ def test_layout_and_statuses(built: Path) -> None:
     assert counts["images_ok"] == 7 and counts["images_missing"] == 2 and counts["images_undecodable"] == 1
     assert counts["objects_without_image"] == 1
     assert counts["objects_outside_crop"] == 1
-    edge_row = cache.train_objects.set_index("object_id").loc[2000, "row"]
-    assert not cache.train_vectors[edge_row].any()
+    edge = cache.train_objects.set_index("object_id").loc[2000]
+    assert not cache.train_vectors[edge["row"]].any() and edge["coverage"] == 0.0
+    inside = cache.train_objects[cache.train_objects["object_id"] != 2000]["coverage"]
+    assert ((inside > 0) & (inside <= 1)).all()
     assert isinstance(cache.val_maps, np.memmap) and cache.val_maps.dtype == np.float16
     assert cache.val_maps.shape == (len(cache.val_images), 128, 8, 8)
     assert list(cache.val_images["image_id"]) == [12, 15, 18]
