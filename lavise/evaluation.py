@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from lavise.attention import FEATURE_METHODS, METHODS, feature_method, mask_images, pool
+from lavise.devices import resolve_device
 from lavise.embeddings import WordEmbeddings
 from lavise.explainer import load_explainer
 from lavise.geometry import masks_to_crop, transform_geometry
@@ -90,14 +91,6 @@ class Vocabulary:
     words: np.ndarray
     vectors: torch.Tensor
     token_of_word: np.ndarray  # int64 [V]: token id or -1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("evaluate.device is cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 def resolve_filters(selection: str | Sequence[int] | dict[str, int], n_channels: int, key: str) -> np.ndarray:
@@ -402,7 +395,7 @@ def evaluate_explanations(
     """
     features_dir, annotations_dir, raw_dir = Path(features_dir), Path(annotations_dir), Path(raw_dir)
     results_dir = Path(results_dir)
-    device = resolve_device(evaluate["device"])
+    device = resolve_device(evaluate["device"], "evaluate.device")
     resize, crop = int(transform["resize"]), int(transform["crop"])
 
     maps = np.load(features_dir / "val_maps.npy", mmap_mode="r")

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lavise.backbones import build_feature_extractor, layer_output_shape
+from lavise.devices import resolve_device
 from lavise.geometry import mask_to_grid, masks_to_crop, transform_geometry
 from lavise.images import UndecodableImageError, decode_image, normalize
 from lavise.io import atomic_dir, atomic_path, read_json, write_json
@@ -87,15 +88,6 @@ def open_feature_cache(directory: str | Path) -> FeatureCache:
     tables = {name: pq.read_table(directory / f"{name}.parquet").to_pandas() for name in TABLE_SCHEMAS}
     arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAY_NAMES}
     return FeatureCache(directory=directory, meta=read_json(directory / "meta.json"), **tables, **arrays)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("features.device is cuda but no CUDA device is available")
-    return torch.device(device)
 
 
 class ImageObjectsDataset(Dataset):
@@ -415,7 +407,7 @@ def build_feature_cache(
     """
     annotations_dir, raw_dir, out_dir = Path(annotations_dir), Path(raw_dir), Path(out_dir)
     started = time.perf_counter()
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "features.device")
     resize, crop = int(transform["resize"]), int(transform["crop"])
     extractor = build_feature_extractor(
         backbone["name"], str(backbone["weights"]), backbone["layer"], num_classes=backbone.get("num_classes")

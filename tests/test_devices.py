@@ -1,0 +1,20 @@
+"""Device choice: `auto` follows the hardware; an explicit CUDA request never falls back silently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lavise.devices import resolve_device
+
+
+def test_auto_and_cpu() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto", "train.device").type == expected
+    assert resolve_device("cpu", "train.device") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_names_the_key() -> None:
+    with pytest.raises(RuntimeError, match=r"features.device is 'cuda' but no CUDA device is available"):
+        resolve_device("cuda", "features.device")
