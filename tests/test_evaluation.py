@@ -111,17 +111,34 @@ def _bilinear(small: np.ndarray, size: int) -> np.ndarray:
     return top * (1 - ly[:, None]) + bottom * ly[:, None]
 
 
-def _direct(cache: dict, filters: list[int]) -> dict:
-    """Recall of every method and of NetDissect computed pair by pair from the definitions."""
-    maps = np.load(cache["root"] / "features" / "val_maps.npy").astype(np.float64)
-    objects, images = cache["objects"], cache["images"]
-    tokens_of = {c[0]: set(c[1]) for c in CATEGORIES}
-    seen_of = {c[0]: c[2] == "seen" for c in CATEGORIES}
-    masks = []
-    for i, info in images.iterrows():
+def _crop_masks(cache: dict) -> list[tuple[list[str], np.ndarray]]:
+    """Per val image (map row order): its categories and their crop-resolution masks."""
+    objects, masks = cache["objects"], []
+    for _, info in cache["images"].iterrows():
         subset = objects[objects["image_id"] == info["image_id"]]
         full = torch.from_numpy(image_object_masks(subset, int(info["height"]), int(info["width"])))
         masks.append((list(subset["category"]), (masks_to_crop(full, RESIZE, CROP) >= 0.5).numpy()))
+    return masks
+
+
+def _truth(image_masks: tuple[list[str], np.ndarray], region: np.ndarray) -> dict[str, set[str]]:
+    """Ground-truth tokens of one (filter, image) pair: categories with IoU > the threshold."""
+    tokens_of = {c[0]: set(c[1]) for c in CATEGORIES}
+    seen_of = {c[0]: c[2] == "seen" for c in CATEGORIES}
+    truth: dict[str, set[str]] = {"all": set(), "seen": set(), "unseen": set()}
+    for name, mask in zip(*image_masks):
+        either = (region | mask).sum()
+        if either and (region & mask).sum() / either > EVALUATE["iou_threshold"]:
+            truth["all"] |= tokens_of[name]
+            truth["seen" if seen_of[name] else "unseen"] |= tokens_of[name]
+    return truth
+
+
+def _direct(cache: dict, filters: list[int]) -> dict:
+    """Recall of every method and of NetDissect computed pair by pair from the definitions."""
+    maps = np.load(cache["root"] / "features" / "val_maps.npy").astype(np.float64)
+    tokens_of = {c[0]: set(c[1]) for c in CATEGORIES}
+    masks = _crop_masks(cache)
     results: dict = {m: {"all": {}, "seen": {}, "unseen": {}} for m in evaluation.METHODS[:1] + evaluation.METHODS[2:]}
     results["netdissect"] = {"all": {}, "seen": {}, "unseen": {}}
     for u in filters:
@@ -141,12 +158,7 @@ def _direct(cache: dict, filters: list[int]) -> dict:
         label = max(inter, key=lambda c: inter[c] / union[c] if union[c] else 0.0)
         label_tokens = tokens_of[label] if inter[label] > 0 else set()
         for r in order:
-            truth = {"all": set(), "seen": set(), "unseen": set()}
-            for name, mask in zip(*masks[r]):
-                either = (regions[r] | mask).sum()
-                if either and (regions[r] & mask).sum() / either > EVALUATE["iou_threshold"]:
-                    truth["all"] |= tokens_of[name]
-                    truth["seen" if seen_of[name] else "unseen"] |= tokens_of[name]
+            truth = _truth(masks[r], regions[r])
             planted = cache["planted"][r]
             others = [WORDS[j] for j in range(EMB - 1, -1, -1)]
             for method in results:
@@ -191,6 +203,40 @@ def test_recall_matches_direct_computation(cache, evaluated) -> None:
                 assert evaluated[method][split][f"recall@{s}"] == pytest.approx(np.mean(values), abs=2e-6)
     recalls = [evaluated["filter_attention"][f"recall@{s}"] for s in (1, 2, 5)]
     assert 0 < recalls[0] < recalls[1] < recalls[2] < 1
+
+
+def test_image_masking_matches_direct_computation(cache, evaluated) -> None:
+    """Mask each top image's normalised pixels outside the upsampled region, re-run the same
+    (seeded, random) ResNet-18 to layer4, pool, explain, rank the words: recall from that."""
+    from lavise.backbones import build_feature_extractor
+    from lavise.images import decode_image, preprocess
+
+    (u,) = EVALUATE["image_masking_filters"]
+    maps = np.load(cache["root"] / "features" / "val_maps.npy").astype(np.float32)
+    threshold = np.float32(np.quantile(maps[:, u].astype(np.float64).ravel(), EVALUATE["quantile"]))
+    maxima = maps[:, u].max(axis=(1, 2))
+    order = sorted((r for r in range(N_IMAGES) if maxima[r] > 0), key=lambda r: (-maxima[r], r))[: EVALUATE["p"]]
+    extractor = build_feature_extractor("resnet18", "none", "layer4")
+    masks = _crop_masks(cache)
+    scores: dict[str, dict[int, list[float]]] = {"all": {}, "seen": {}, "unseen": {}}
+    for r in order:
+        region = _bilinear(maps[r, u], CROP) > threshold
+        info = cache["images"].iloc[r]
+        image = preprocess(decode_image(cache["root"] / "raw" / "vg" / info["path"]), RESIZE, CROP)
+        with torch.inference_mode():
+            output = PlantedExplainer()(extractor((image * torch.from_numpy(region))[None]).mean(dim=(2, 3)))
+        ranked = [WORDS[j] for j in np.argsort(-output[0].numpy(), kind="stable")]  # vocabulary = unit vectors
+        for split, gt in _truth(masks[r], region).items():
+            for s in (1, *EVALUATE["top_s"]):
+                if gt:
+                    scores[split].setdefault(s, []).append(len(set(ranked[:s]) & gt) / len(gt))
+    assert scores["all"], "the synthetic cache must give scored image-masking pairs"
+    assert evaluated["image_masking"]["n_pairs"] == len(scores["all"][1])
+    for s, values in scores["all"].items():
+        assert evaluated["image_masking"][f"recall@{s}"] == pytest.approx(np.mean(values), abs=2e-6), s
+    for split in ("seen", "unseen"):
+        for s, values in scores[split].items():
+            assert evaluated["image_masking"][split][f"recall@{s}"] == pytest.approx(np.mean(values), abs=2e-6)
 
 
 def test_metrics_file_and_tables(cache, evaluated) -> None:
