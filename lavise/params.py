@@ -155,6 +155,7 @@ SCHEMA: dict[str, Any] = {
         "batch_size": integer(2),  # BatchNorm needs two samples
         "epochs": integer(1),
         "patience": integer(1),
+        "lr_patience": integer(0),
         "seed": integer(0),
         "device": one_of("auto", "cpu", "cuda"),
     },

@@ -164,16 +164,17 @@ def deterministic_algorithms(device: torch.device) -> Iterator[None]:
 
 
 def make_optimizer(
-    name: str, parameters: Any, lr: float
+    name: str, parameters: Any, lr: float, lr_patience: int = 10
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau | None]:
-    """DAdaptAdam (FACT2023, learning-rate free) or Adam + ReduceLROnPlateau (reference code)."""
+    """DAdaptAdam (FACT2023, learning-rate free) or Adam + ReduceLROnPlateau (reference code;
+    ``lr_patience`` epochs without val-loss improvement before the rate is divided by 10)."""
     if name == "dadapt_adam":
         import dadaptation
 
         return dadaptation.DAdaptAdam(parameters, lr=lr), None
     if name == "adam":
         optimizer = torch.optim.Adam(parameters, lr=lr)
-        return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min")
+        return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=lr_patience)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
@@ -263,6 +264,7 @@ def train_explainer(
     device: str,
     metrics_path: Path,
     history_path: Path,
+    lr_patience: int = 10,
 ) -> dict[str, Any]:
     """Train, keep the best-validation-loss state, write weights, history and metrics."""
     if optimizer not in OPTIMIZERS:
@@ -292,7 +294,7 @@ def train_explainer(
     model = Explainer(in_dim, class_vectors_cpu.shape[1], hidden_dim, dropout).to(torch_device)
     class_vectors = class_vectors_cpu.to(torch_device)
     positives = classes.positives.to(torch_device)
-    opt, scheduler = make_optimizer(optimizer, model.parameters(), lr)
+    opt, scheduler = make_optimizer(optimizer, model.parameters(), lr, lr_patience)
     log.info(
         "training on %s: %d train / %d val samples, %d classes, in_dim %d, emb_dim %d, %s",
         torch_device, train_split.rows.size, val_split.rows.size, len(classes.tokens), in_dim,

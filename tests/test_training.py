@@ -249,3 +249,15 @@ def test_evaluate_accuracy_matches_naive_loop():
     assert (top1, top5) == (hits1 / 40, hits5 / 40)
     mask = positives[torch.arange(40) % 3]
     assert loss == pytest.approx(float(hinge_rank_loss(outputs, class_vectors, mask, 1.0)), rel=1e-6)
+
+
+def test_adam_scheduler_divides_rate_after_lr_patience_epochs():
+    from lavise.training import make_optimizer
+
+    optimizer, scheduler = make_optimizer("adam", [torch.nn.Parameter(torch.zeros(2))], 1e-3, lr_patience=2)
+    for val_loss in (1.0, 1.0, 1.0):  # best, then 2 epochs without improvement: still 1e-3
+        scheduler.step(val_loss)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    scheduler.step(1.0)  # the third epoch without improvement exceeds the patience
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert make_optimizer("dadapt_adam", [torch.nn.Parameter(torch.zeros(2))], 1.0)[1] is None
