@@ -11,6 +11,7 @@ import urllib.request
 import zipfile
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,6 @@ from lavise.demo import (
     uncompressed_rle,
 )
 from lavise.embeddings import WordEmbeddings, build_from_pypi_50d
-from lavise.wordnet import install_offline, load_wordnet
 
 SEED = 0
 
@@ -238,12 +238,10 @@ def test_vg_planted_cases(demo_dir, vg) -> None:
         jpeg(ordered[2]["image_id"]).load()
 
 
-def test_vocabulary_in_glove_and_wordnet(vg, coco, tmp_path: Path) -> None:
+def test_vocabulary_in_glove_and_wordnet(vg, coco, tmp_path: Path, wordnet: Any) -> None:
     objects, _ = vg
     build_from_pypi_50d(tmp_path / "glove")
     glove = WordEmbeddings.load(tmp_path / "glove")
-    install_offline(tmp_path / "nltk")
-    wordnet = load_wordnet(tmp_path / "nltk")
     coco_tokens = {token for c in coco["train"]["categories"] for token in c["name"].split()}
     vg_names = {obj["names"][0] for entry in objects for obj in entry["objects"]}
     vg_tokens = {token for name in vg_names for token in name.split()}

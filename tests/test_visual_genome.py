@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from lavise.annotation_tables import (
@@ -28,21 +27,10 @@ from lavise.annotation_tables import (
 from lavise.masks import image_object_masks, object_mask
 from lavise.splits import split_images
 from lavise.visual_genome import choose_tokens, parse_visual_genome, union_box_areas
-from lavise.wordnet import install_offline, load_wordnet
 
 VOCABULARY = {"car", "dog", "man", "traffic", "light", "tree", "t-shirt", "jersey"}
 
 
-@pytest.fixture(scope="module")
-def wordnet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("wordnet")
-    install_offline(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def wordnet(wordnet_root: Path) -> Any:
-    return load_wordnet(wordnet_root)
 
 
 def _obj(object_id: int, synsets: list[str], box: tuple[float, float, float, float], name: str = "x") -> dict:

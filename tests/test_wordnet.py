@@ -6,19 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from lavise.wordnet import LEXNAMES, install_offline, lexnames_text, load_wordnet
+from lavise.wordnet import LEXNAMES, lexnames_text, load_wordnet
 
 
 @pytest.fixture(scope="module")
-def wordnet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("nltk_data")
-    install_offline(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def wn(wordnet_root: Path):
-    return load_wordnet(wordnet_root)
+def wn(wordnet):
+    return wordnet
 
 
 def test_layout_and_line_endings(wordnet_root: Path) -> None:
