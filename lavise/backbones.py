@@ -42,12 +42,27 @@ def _choices(values: list[str]) -> str:
     return ", ".join(values)
 
 
-def _classification_models() -> list[str]:
+def classification_models() -> list[str]:
+    """Every torchvision classification model name (the valid ``backbone.name`` values)."""
     return sorted(list_models(module=torchvision.models))
 
 
-def _looks_like_path(weights: str) -> bool:
-    return weights.endswith(CHECKPOINT_SUFFIXES) or "/" in weights or "\\" in weights
+def layer_names(name: str) -> list[str]:
+    """Module names of model ``name`` (the valid ``backbone.layer`` values), from a skeleton built
+    on the meta device: no weights, no memory, no download."""
+    with torch.device("meta"):
+        skeleton = get_model(name, weights=None)
+    return [module_name for module_name, _ in skeleton.named_modules() if module_name]
+
+
+def weight_names(name: str) -> list[str]:
+    """torchvision weights names of model ``name`` (``DEFAULT`` included)."""
+    return list(get_model_weights(name).__members__)
+
+
+def looks_like_checkpoint(weights: str) -> bool:
+    """The one rule that tells a checkpoint path from a torchvision weights name."""
+    return weights.endswith(CHECKPOINT_SUFFIXES) or "/" in weights or "\\" in weights or Path(weights).is_file()
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -85,13 +100,14 @@ def infer_num_classes(name: str, state: dict[str, torch.Tensor]) -> int:
     return int(state[last_key].shape[0])
 
 
-def _resolve_weights_enum(name: str, weights: str) -> object:
+def resolve_weights_enum(name: str, weights: str) -> torchvision.models.WeightsEnum:
+    """The torchvision weights member named ``weights`` (``IMAGENET1K_V1`` or
+    ``ResNet18_Weights.IMAGENET1K_V1``); ValueError listing the valid names otherwise."""
     enum = get_model_weights(name)
-    members = list(enum.__members__)
     member = weights.split(".")[-1] if weights.startswith(f"{enum.__name__}.") else weights
     if member not in enum.__members__:
         raise ValueError(
-            f"unknown weights {weights!r} for {name}; valid: {_choices(members)}, none, "
+            f"unknown weights {weights!r} for {name}; valid: {_choices(weight_names(name))}, none, "
             f"or a path to a {'/'.join(CHECKPOINT_SUFFIXES)} state_dict"
         )
     return enum[member]
@@ -103,7 +119,7 @@ def build_model(name: str, weights: str, *, num_classes: int | None = None, seed
     ``none`` initialises from ``seed`` (without touching the global RNG) so the randomised-model
     control gives the same cache on every run.
     """
-    models = _classification_models()
+    models = classification_models()
     if name not in models:
         raise ValueError(f"unknown model {name!r}; valid: {_choices(models)}")
     class_kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -111,14 +127,14 @@ def build_model(name: str, weights: str, *, num_classes: int | None = None, seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = get_model(name, weights=None, **class_kwargs)
-    elif _looks_like_path(weights) or Path(weights).is_file():
+    elif looks_like_checkpoint(weights):
         state = load_state_dict(weights)
         classes = num_classes if num_classes is not None else infer_num_classes(name, state)
         model = get_model(name, weights=None, num_classes=classes)
         model.load_state_dict(state, strict=True)
         log.info("loaded %s from %s (%d classes)", name, weights, classes)
     else:
-        weights_enum = _resolve_weights_enum(name, weights)
+        weights_enum = resolve_weights_enum(name, weights)
         model = get_model(name, weights=weights_enum, **class_kwargs)
         log.info("loaded %s with torchvision weights %s", name, weights_enum)
     return model.eval()

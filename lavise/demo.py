@@ -40,7 +40,6 @@ seed gives byte-identical archives.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.server
 import io
 import json
@@ -59,7 +58,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from lavise.io import atomic_path
+from lavise.io import atomic_path, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -548,14 +547,6 @@ def _write_zip(path: Path, members: Iterator[tuple[str, bytes, bool]]) -> None:
             archive.close()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _image_size(rng: np.random.Generator) -> tuple[int, int]:
     width, height = (int(v) for v in rng.integers(256, 321, size=2))
     return width, height
@@ -789,7 +780,7 @@ def build_demo_archives(out_dir: Path, datasets: list[str], seed: int) -> dict[s
     for dataset in DATASETS:
         if dataset in datasets:
             for path in builders[dataset](out_dir, seed):
-                checksums[path.name] = _sha256(path)
+                checksums[path.name] = file_digest(path, "sha256")
                 log.info("demo %s: %s (%d bytes)", dataset, path.name, path.stat().st_size)
     return checksums
 

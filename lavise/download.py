@@ -63,15 +63,6 @@ class _RetryableError(Exception):
     """Internal: a transient failure (5xx, reset, short read) worth another attempt."""
 
 
-def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
-    """Hex digest of a file read in chunks, so memory stays flat for 20 GB archives."""
-    hasher = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def _digests_one_pass(path: Path, progress: bool) -> dict[str, str]:
     """sha256 and md5 in a single read of the file (hashing 19 GB twice costs minutes)."""
     sha256, md5 = hashlib.sha256(), hashlib.md5()

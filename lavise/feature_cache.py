@@ -15,7 +15,6 @@ recomputed exactly as before).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -38,7 +37,7 @@ from lavise.backbones import build_feature_extractor, layer_output_shape
 from lavise.devices import resolve_device
 from lavise.geometry import mask_to_grid, masks_to_crop, transform_geometry
 from lavise.images import UndecodableImageError, decode_image, normalize
-from lavise.io import atomic_dir, atomic_path, read_json, write_json
+from lavise.io import atomic_dir, atomic_path, file_digest, read_json, write_json
 from lavise.masks import image_object_masks
 
 log = logging.getLogger(__name__)
@@ -177,14 +176,6 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
         "images": images,
         "grids": grids,
     }
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_chunk(
@@ -347,14 +338,14 @@ def _fingerprint(
     return {
         "format": FORMAT_VERSION,
         "backbone": {key: backbone.get(key) for key in ("name", "weights", "layer", "num_classes")},
-        "weights_sha256": _file_sha256(weights_file) if weights_file.is_file() else None,
+        "weights_sha256": file_digest(weights_file, "sha256") if weights_file.is_file() else None,
         "transform": {"resize": transform["resize"], "crop": transform["crop"]},
         "batch_size": batch_size,
         "chunk_images": chunk_images,
         "device": device.type,
         "torch": torch.__version__,
         "annotations_sha256": {
-            name: _file_sha256(annotations_dir / name) for name in ("images.parquet", "objects.parquet")
+            name: file_digest(annotations_dir / name, "sha256") for name in ("images.parquet", "objects.parquet")
         },
     }
 

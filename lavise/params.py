@@ -7,7 +7,6 @@ minutes later as a shape error deep in a stage.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -193,25 +192,15 @@ def _validate_tree(schema: Mapping[str, Any], values: Any, prefix: str) -> None:
             rule(key, values[name])
 
 
-@functools.lru_cache(maxsize=8)
-def _model_layers(name: str) -> tuple[str, ...]:
-    """Module names of a torchvision model, built without weights (cheap, no download)."""
-    import torch
-    import torchvision
-
-    with torch.device("meta"):
-        model = torchvision.models.get_model(name, weights=None)
-    return tuple(n for n, _ in model.named_modules() if n)
-
-
 def _validate_backbone(params: Mapping[str, Any], root: Path) -> None:
-    import torchvision
+    """Model, layer and weights against what `lavise.backbones` will accept, before any work."""
+    from lavise import backbones
 
     backbone = params["backbone"]
-    models = sorted(torchvision.models.list_models(module=torchvision.models))
+    models = backbones.classification_models()
     if backbone["name"] not in models:
         _fail("backbone.name", backbone["name"], "a torchvision classification model: " + ", ".join(models))
-    layers = _model_layers(backbone["name"])
+    layers = backbones.layer_names(backbone["name"])
     if backbone["layer"] not in layers:
         top = [n for n in layers if "." not in n]
         _fail(
@@ -220,21 +209,18 @@ def _validate_backbone(params: Mapping[str, Any], root: Path) -> None:
             f"a module name of {backbone['name']} (top level: {', '.join(top)}; nested names such as "
             f"{layers[min(len(layers) - 1, 5)]} are allowed too)",
         )
-    for key in ("weights", "init"):
-        section = "backbone" if key == "weights" else "target"
+    for section, key, special in (("backbone", "weights", ("none", "target")), ("target", "init", ("none",))):
         value = params[section][key]
-        if value in ("none", "target") and not (key == "init" and value == "target"):
+        if value in special:
             continue
-        if Path(value).suffix in {".pt", ".pth", ".safetensors"} or "/" in value:
+        if backbones.looks_like_checkpoint(value):
             path = Path(value) if Path(value).is_absolute() else root / value
             if not path.is_file():
                 _fail(f"{section}.{key}", value, "an existing checkpoint file (.pt, .pth, .safetensors)")
             continue
-        enum = torchvision.models.get_model_weights(backbone["name"])
-        names = [w.name for w in enum] + ["DEFAULT"]
+        names = backbones.weight_names(backbone["name"])
         if value not in names:
-            extra = "none | target | " if key == "weights" else "none | "
-            _fail(f"{section}.{key}", value, extra + " | ".join(names) + " | a checkpoint path")
+            _fail(f"{section}.{key}", value, " | ".join([*special, *names, "a checkpoint path"]))
     if params["transform"]["crop"] > params["transform"]["resize"]:
         _fail("transform.crop", params["transform"]["crop"], f"at most transform.resize ({params['transform']['resize']})")
 

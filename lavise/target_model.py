@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lavise.backbones import load_state_dict
+from lavise.backbones import load_state_dict, looks_like_checkpoint, resolve_weights_enum, weight_names
 from lavise.devices import resolve_device
 from lavise.images import IMAGENET_MEAN, IMAGENET_STD, UndecodableImageError, decode_image, normalize
 from lavise.io import atomic_dir, atomic_path, write_json
@@ -318,17 +318,13 @@ def _init_state_dict(init: str, architecture: str) -> dict[str, torch.Tensor] | 
     """The state_dict named by ``init``: torchvision weights, a checkpoint path, or None for 'none'."""
     if init == "none":
         return None
-    path = Path(init)
-    if path.suffix in {".safetensors", ".pt", ".pth"} or "/" in init or path.is_file():
-        return load_state_dict(path)
-    weights_enum = torchvision.models.get_model_weights(architecture)
-    name = init.split(".")[-1]
+    if looks_like_checkpoint(init):
+        return load_state_dict(init)
     try:
-        weights = weights_enum[name]
-    except KeyError:
-        allowed = ", ".join(w.name for w in weights_enum)
+        weights = resolve_weights_enum(architecture, init)
+    except ValueError:
         raise ValueError(f"target.init {init!r} is not 'none', a checkpoint path, or a weights name of "
-                         f"{architecture} ({allowed}, DEFAULT)") from None
+                         f"{architecture} ({', '.join(weight_names(architecture))})") from None
     try:
         return weights.get_state_dict(progress=False)
     except OSError as error:  # urllib's URLError included: weights are fetched on first use

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-from pathlib import Path
-
 from lavise.annotation_tables import build_annotation_tables
-from lavise.params import load_params
+from lavise.cli import start_stage
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--out", type=Path, default=Path("data/annotations"))
-    parser.add_argument("--stats", type=Path, default=Path("metrics/annotations.json"))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params()
+    args, params = start_stage(
+        __doc__,
+        raw="data/raw",
+        out="data/annotations",
+        stats="metrics/annotations.json",
+    )
     build_annotation_tables(
         params["dataset"],
         args.raw / params["dataset"],

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-from pathlib import Path
-
+from lavise.cli import start_stage
 from lavise.download import DownloadError
-from lavise.params import load_params
 from lavise.sources import prepare_raw_data
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--downloads", type=Path, default=Path("data/downloads"))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params()
+    args, params = start_stage(__doc__, raw="data/raw", downloads="data/downloads")
     data = params["data"]
     try:
         prepare_raw_data(

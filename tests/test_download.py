@@ -23,10 +23,10 @@ from lavise.download import (
     OfflineError,
     UnsafeArchiveError,
     fetch,
-    file_digest,
     file_digests,
     safe_extract_zip,
 )
+from lavise.io import file_digest
 
 
 @dataclass

@@ -257,7 +257,7 @@ def test_stage_passes_params_and_turns_download_errors_into_exit(
         calls.append((raw, downloads, kwargs))
         raise DownloadError("host unreachable")
 
-    monkeypatch.setattr(stage, "load_params", lambda: {"data": data})
+    monkeypatch.setattr("lavise.cli.load_params", lambda: {"data": data})
     monkeypatch.setattr(stage, "prepare_raw_data", failing)
     monkeypatch.setattr("sys.argv", ["download", "--raw", str(tmp_path / "r"),
                                      "--downloads", str(tmp_path / "d")])
