@@ -6,7 +6,10 @@ CNN again (FACT2023 re-ran the CNN per annotation per epoch: ~15 A100-hours per 
 
 Work split: DataLoader workers decode, crop and turn each image's masks into soft feature-grid
 weights; the main process only normalises, runs the model (channels_last, inference_mode,
-autocast on CUDA) and pools with one einsum. Results are written in chunks of ``chunk_images``
+autocast on CUDA) and pools with one einsum. With ``decode="device"`` workers only read the
+bytes of the JPEGs nvJPEG can take (``device_decodable_size``) and the main process decodes them
+batched on the model's device, where 16 CPU cores cannot keep up with a GPU's ResNet-18; files
+outside that set are still decoded by the workers. Results are written in chunks of ``chunk_images``
 images under ``out_dir/.chunks``; a killed run resumes from the first missing chunk, and the
 final arrays are assembled by streaming the chunks, so peak memory is one chunk and a resumed
 cache is byte-identical to an uninterrupted one (batches never straddle chunks, so every batch is
@@ -36,7 +39,13 @@ from tqdm import tqdm
 from lavise.backbones import build_feature_extractor, layer_output_shape
 from lavise.devices import resolve_device
 from lavise.geometry import mask_to_grid, masks_to_crop, transform_geometry
-from lavise.images import UndecodableImageError, decode_image, normalize
+from lavise.images import (
+    UndecodableImageError,
+    decode_bytes,
+    decode_jpegs_on_device,
+    device_decodable_size,
+    normalize,
+)
 from lavise.io import atomic_dir, atomic_path, file_digest, read_json, write_json
 from lavise.masks import image_object_masks
 
@@ -44,6 +53,7 @@ log = logging.getLogger(__name__)
 
 CHUNKS_DIR = ".chunks"
 FORMAT_VERSION = 2
+DECODE_MODES = ("workers", "device")
 IMAGES_SCHEMA = pa.schema(
     [("image_id", pa.int64()), ("split", pa.string()), ("status", pa.string()), ("error", pa.string())]
 )
@@ -90,7 +100,8 @@ def open_feature_cache(directory: str | Path) -> FeatureCache:
 
 
 class ImageObjectsDataset(Dataset):
-    """Per image: the uint8 crop and the feature-grid weights of its objects (worker-side work).
+    """Per image: the uint8 crop (or, to decode on the device, the JPEG bytes) and the
+    feature-grid weights of its objects (worker-side work).
 
     Object geometry (RLE strings, box lists) stays in an Arrow table, compact and shared
     copy-on-write with forked workers without Python refcount churn, and is sliced per image.
@@ -105,7 +116,11 @@ class ImageObjectsDataset(Dataset):
         resize: int,
         crop: int,
         grid: tuple[int, int],
+        decode: str = "workers",
     ) -> None:
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        self.decode = decode
         self.image_ids = images.column("image_id").to_numpy()
         self.paths = images.column("path").to_pylist()
         self.heights = images.column("height").to_numpy()
@@ -122,25 +137,33 @@ class ImageObjectsDataset(Dataset):
         return len(self.image_ids)
 
     def _failed(self, position: int, status: str, error: str) -> dict[str, Any]:
-        return {"position": position, "status": status, "error": error, "image": None, "grids": None}
+        return {"position": position, "status": status, "error": error, "image": None, "encoded": None,
+                "grids": None}
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         if self.statuses[position] != "ok":
             return self._failed(position, self.statuses[position], "status in annotations images.parquet")
         path = self.raw_dir / self.paths[position]
         try:
-            image = decode_image(path)
+            data = path.read_bytes()
         except FileNotFoundError:
             return self._failed(position, "missing", f"{path}: file not found")
-        except UndecodableImageError as error:
-            return self._failed(position, "undecodable", str(error))
         height, width = int(self.heights[position]), int(self.widths[position])
-        if tuple(image.shape[1:]) != (height, width):
+        image, encoded = None, None
+        size = device_decodable_size(data) if self.decode == "device" else None
+        if size is None:
+            try:
+                image = decode_bytes(data, str(path))
+            except UndecodableImageError as error:
+                return self._failed(position, "undecodable", str(error))
+            size = (int(image.shape[1]), int(image.shape[2]))
+        else:
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if size != (height, width):
             return self._failed(
                 position,
                 "undecodable",
-                f"{path}: decoded {image.shape[1]}x{image.shape[2]} but annotated {height}x{width}; "
-                "masks would not align",
+                f"{path}: decoded {size[0]}x{size[1]} but annotated {height}x{width}; masks would not align",
             )
         start, end = int(self.object_offsets[position]), int(self.object_offsets[position + 1])
         object_rows = self.objects.slice(start, end - start).to_pandas()
@@ -150,32 +173,77 @@ class ImageObjectsDataset(Dataset):
             "position": position,
             "status": "ok",
             "error": None,
-            "image": transform_geometry(image, self.resize, self.crop),
+            "label": str(path),
+            "image": None if image is None else transform_geometry(image, self.resize, self.crop),
+            "encoded": encoded,
             "grids": grids,
         }
 
 
 def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the decoded crops; pad per-image object grids to ``[B, K, h', w']`` for one einsum."""
+    """Stack the decoded crops; pad per-image object grids to ``[B, K, h', w']`` for one einsum.
+
+    ``images`` holds the crops decoded by the workers, ``crop_rows`` their rows among the ok
+    images; ``encoded``/``encoded_rows``/``labels`` the JPEG bytes left to decode on the device.
+    """
     ok = [item for item in items if item["status"] == "ok"]
     max_objects = max((item["grids"].shape[0] for item in ok), default=0)
+    crops = [item["image"] for item in ok if item["image"] is not None]
     if ok:
         grid_shape = ok[0]["grids"].shape[1:]
         grids = torch.zeros((len(ok), max_objects, *grid_shape), dtype=torch.float32)
         for index, item in enumerate(ok):
             grids[index, : item["grids"].shape[0]] = item["grids"]
-        images = torch.stack([item["image"] for item in ok])
     else:
         grids = torch.zeros((0, 0, 1, 1), dtype=torch.float32)
-        images = torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
     return {
         "positions": [item["position"] for item in items],
         "statuses": [item["status"] for item in items],
         "errors": [item["error"] for item in items],
         "ok_positions": [item["position"] for item in ok],
-        "images": images,
+        "images": torch.stack(crops) if crops else torch.zeros((0, 3, 1, 1), dtype=torch.uint8),
+        "crop_rows": [row for row, item in enumerate(ok) if item["image"] is not None],
+        "encoded": [item["encoded"] for item in ok if item["encoded"] is not None],
+        "encoded_rows": [row for row, item in enumerate(ok) if item["encoded"] is not None],
+        "labels": [item["label"] for item in ok if item["encoded"] is not None],
         "grids": grids,
     }
+
+
+def _batch_images_on_device(
+    batch: dict[str, Any], device: torch.device, resize: int, crop: int
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """The batch's uint8 crops ``[n_ok, 3, crop, crop]`` on ``device``, decoding any JPEG bytes there.
+
+    Images that fail to decode become "undecodable" in the returned batch, and their rows leave
+    ``ok_positions`` and ``grids``, exactly as if a worker had failed them.
+    """
+    if not batch["encoded"]:
+        return batch, batch["images"].to(device, non_blocking=True)
+    images = torch.empty((len(batch["ok_positions"]), 3, crop, crop), dtype=torch.uint8, device=device)
+    if batch["crop_rows"]:
+        images[batch["crop_rows"]] = batch["images"].to(device, non_blocking=True)
+    decoded = decode_jpegs_on_device(batch["encoded"], batch["labels"], device)
+    keep = torch.ones(len(batch["ok_positions"]), dtype=torch.bool)
+    statuses, errors = list(batch["statuses"]), list(batch["errors"])
+    for row, result in zip(batch["encoded_rows"], decoded):
+        if isinstance(result, UndecodableImageError):
+            keep[row] = False
+            index = batch["positions"].index(batch["ok_positions"][row])
+            statuses[index], errors[index] = "undecodable", str(result)
+        else:
+            images[row] = transform_geometry(result, resize, crop)
+    if keep.all():
+        return batch, images
+    kept = keep.nonzero().flatten().tolist()
+    batch = {
+        **batch,
+        "statuses": statuses,
+        "errors": errors,
+        "ok_positions": [batch["ok_positions"][row] for row in kept],
+        "grids": batch["grids"][keep],
+    }
+    return batch, images[keep.to(device)]
 
 
 def _write_chunk(
@@ -330,7 +398,7 @@ def _prepare_tables(annotations_dir: Path) -> tuple[pa.Table, pa.Table, np.ndarr
 
 def _fingerprint(
     annotations_dir: Path, backbone: dict[str, Any], transform: dict[str, Any], batch_size: int,
-    chunk_images: int, device: torch.device,
+    chunk_images: int, device: torch.device, decode: str,
 ) -> dict[str, Any]:
     """Everything that changes a chunk's bytes: a mismatch means stale chunks are discarded."""
     weights = str(backbone["weights"])
@@ -343,6 +411,7 @@ def _fingerprint(
         "batch_size": batch_size,
         "chunk_images": chunk_images,
         "device": device.type,
+        "decode": decode,
         "torch": torch.__version__,
         "annotations_sha256": {
             name: file_digest(annotations_dir / name, "sha256") for name in ("images.parquet", "objects.parquet")
@@ -360,7 +429,8 @@ def _chunk_batches(pending: list[int], n_images: int, chunk_images: int, batch_s
 
 
 def _forward_batches(
-    loader: DataLoader, extractor: torch.nn.Module, device: torch.device, grid_cells: int
+    loader: DataLoader, extractor: torch.nn.Module, device: torch.device, grid_cells: int, resize: int,
+    crop: int,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]]:
     """Yield (batch, pooled object vectors [B, K, d], maps [B, d, h', w']) as float16 numpy."""
     use_autocast = device.type == "cuda"
@@ -369,7 +439,10 @@ def _forward_batches(
         if not batch["ok_positions"]:
             yield batch, None, None
             continue
-        images = batch["images"].to(device, non_blocking=True)
+        batch, images = _batch_images_on_device(batch, device, resize, crop)
+        if not batch["ok_positions"]:
+            yield batch, None, None
+            continue
         images = normalize(images.float().div_(255.0)).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
             maps = extractor(images)
@@ -390,11 +463,14 @@ def build_feature_cache(
     num_workers: int,
     device: str,
     chunk_images: int,
+    decode: str = "workers",
 ) -> dict[str, Any]:
     """Run the backbone once per image and write the data/features layout of ARCHITECTURE.md.
 
     ``backbone``: {name, weights, layer, num_classes} with ``weights`` already resolved to a
-    torchvision name, ``none`` or a checkpoint path. Returns meta.json's content plus timing.
+    torchvision name, ``none`` or a checkpoint path. ``decode``: "workers" (CPU, in the
+    DataLoader workers) or "device" (JPEGs batched on ``device``: nvJPEG on CUDA). Returns
+    meta.json's content plus timing.
     """
     annotations_dir, raw_dir, out_dir = Path(annotations_dir), Path(raw_dir), Path(out_dir)
     started = time.perf_counter()
@@ -412,7 +488,11 @@ def build_feature_cache(
     n_chunks = max(1, -(-n_images // chunk_images))
 
     chunks_root = out_dir / CHUNKS_DIR
-    fingerprint = _fingerprint(annotations_dir, backbone, transform, batch_size, chunk_images, torch_device)
+    if decode not in DECODE_MODES:
+        raise ValueError(f"features.decode must be one of {DECODE_MODES}, got {decode!r}")
+    fingerprint = _fingerprint(
+        annotations_dir, backbone, transform, batch_size, chunk_images, torch_device, decode
+    )
     fingerprint_path = chunks_root / "fingerprint.json"
     if chunks_root.exists() and (not fingerprint_path.is_file() or read_json(fingerprint_path) != fingerprint):
         log.warning("discarding chunks in %s: written with other settings or inputs", chunks_root)
@@ -426,7 +506,9 @@ def build_feature_cache(
         torch_device, n_images, n_chunks, len(pending),
     )
 
-    dataset = ImageObjectsDataset(images, objects, object_offsets, raw_dir, resize, crop, (height, width))
+    dataset = ImageObjectsDataset(
+        images, objects, object_offsets, raw_dir, resize, crop, (height, width), decode=decode
+    )
     batches = _chunk_batches(pending, n_images, chunk_images, batch_size)
     use_fork = num_workers > 0 and "fork" in multiprocessing.get_all_start_methods()
     loader = DataLoader(
@@ -442,8 +524,11 @@ def build_feature_cache(
     image_ids = images.column("image_id").to_pylist()
     buffers: dict[int, _ChunkBuffer] = {}
     computed = 0
+    sent_to_device_decoder = 0
     with tqdm(total=sum(len(batch) for batch in batches), desc="features", unit="img") as progress:
-        for batch, pooled, maps in _forward_batches(loader, extractor, torch_device, height * width):
+        for batch, pooled, maps in _forward_batches(
+            loader, extractor, torch_device, height * width, resize, crop
+        ):
             chunk = batch["positions"][0] // chunk_images
             start = chunk * chunk_images
             size = min(chunk_images, n_images - start)
@@ -463,6 +548,7 @@ def build_feature_cache(
                 buffer.coverages[position - start] = coverage[row, :n_objects].numpy() / (height * width)
                 buffer.objects_outside_crop += int((coverage[row, :n_objects] == 0).sum())
                 buffer.maps[position - start] = maps[row] if splits[position] == "val" else None
+            sent_to_device_decoder += len(batch["encoded"])
             progress.update(len(batch["positions"]))
             computed += len(batch["positions"])
             if all(status is not None for status in buffer.statuses):
@@ -489,6 +575,7 @@ def build_feature_cache(
         "height": height,
         "width": width,
         "transform": {"resize": resize, "crop": crop},
+        "decode": decode,
         "pooling": "mean over h'xw' of maps * mask_to_grid(masks_to_crop(mask))",
         "dtype": "float16",
         "counts": {
@@ -515,5 +602,8 @@ def build_feature_cache(
             "features: %d missing and %d undecodable images recorded in images.parquet and skipped",
             status_counts["missing"], status_counts["undecodable"],
         )
+    if decode == "device":
+        log.info("features: %d of %d images decoded on %s, the rest by the workers",
+                 sent_to_device_decoder, computed, torch_device)
     log.info("features: %d images computed in %.1f s (%.1f images/s)", computed, seconds, computed / max(seconds, 1e-9))
     return {**meta, "seconds": seconds, "images_computed": computed}

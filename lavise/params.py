@@ -143,6 +143,7 @@ SCHEMA: dict[str, Any] = {
         "batch_size": integer(1),
         "num_workers": integer(0, 64),
         "device": one_of("auto", "cpu", "cuda"),
+        "decode": one_of("workers", "device"),
         "chunk_images": integer(1),
     },
     "train": {

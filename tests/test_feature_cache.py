@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +105,13 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _build(demo: dict[str, Path], out: Path, *, num_workers: int = 0, chunk_images: int = 3) -> dict[str, Any]:
+def _build(demo: dict[str, Path], out: Path, *, num_workers: int = 0, chunk_images: int = 3, batch_size: int = 2,
+           decode: str = "workers", raw: Path | None = None) -> dict[str, Any]:
     return build_feature_cache(
-        demo["annotations"], demo["raw"], out,
+        demo["annotations"], raw or demo["raw"], out,
         backbone={"name": "resnet18", "weights": str(demo["checkpoint"]), "layer": LAYER, "num_classes": None},
         transform={"resize": RESIZE, "crop": CROP},
-        batch_size=2, num_workers=num_workers, device="cpu", chunk_images=chunk_images,
+        batch_size=batch_size, num_workers=num_workers, device="cpu", chunk_images=chunk_images, decode=decode,
     )
 
 
@@ -241,6 +243,47 @@ def test_changed_settings_discard_stale_chunks(demo: dict[str, Path], tmp_path: 
     (out / ".chunks" / "fingerprint.json").write_text("{}")
     result = _build(demo, out, chunk_images=10)
     assert result["images_computed"] == 10
+
+
+def test_device_decode_gives_the_worker_decode_cache(demo: dict[str, Path], tmp_path: Path) -> None:
+    """decode=device on the CPU runs the whole device path (bytes from the workers, batched decode,
+    per-image retry, CPU fallback, rows of failed images dropped); only the decoder's device
+    differs on a GPU. Image 15's scan data is corrupt behind a valid header, so it is sent to the
+    device decoder and fails there, in a batch with a good image (14)."""
+    raw = tmp_path / "raw"
+    shutil.copytree(demo["raw"], raw)
+    data = (raw / "15.jpg").read_bytes()
+    start = data.index(b"\xff\xda") + 20
+    (raw / "15.jpg").write_bytes(data[:start] + (b"\xff\xc4" * len(data))[: len(data) - 2 - start] + data[-2:])
+    by_workers = _build(demo, tmp_path / "workers", raw=raw, chunk_images=10, batch_size=4, num_workers=2)
+    on_device = _build(demo, tmp_path / "device", raw=raw, chunk_images=10, batch_size=4, num_workers=2,
+                       decode="device")
+    assert by_workers["decode"] == "workers" and on_device["decode"] == "device"
+    worker_files, device_files = _file_bytes(tmp_path / "workers"), _file_bytes(tmp_path / "device")
+    assert worker_files.keys() == device_files.keys()
+    for name in worker_files:
+        if name != "meta.json":
+            assert worker_files[name] == device_files[name], name
+    cache = open_feature_cache(tmp_path / "device")
+    statuses = dict(zip(cache.images["image_id"], cache.images["status"]))
+    assert statuses[15] == "undecodable" and statuses[14] == "ok" and statuses[16] == "undecodable"
+    assert cache.meta["counts"]["images_ok"] == 6
+    assert {key: value for key, value in cache.meta.items() if key != "decode"} == {
+        key: value for key, value in open_feature_cache(tmp_path / "workers").meta.items() if key != "decode"
+    }
+
+
+def test_device_decode_sends_only_plain_jpegs_to_the_device(demo: dict[str, Path]) -> None:
+    images = pq.read_table(demo["annotations"] / "images.parquet").sort_by("image_id")
+    objects = pa.table({"kind": pa.array([], pa.string()), "rle": pa.array([], pa.string()),
+                        "boxes": pa.array([], pa.list_(pa.float32()))})
+    offsets = np.zeros(images.num_rows + 1, dtype=np.int64)
+    dataset = ImageObjectsDataset(images, objects, offsets, demo["raw"], RESIZE, CROP, (8, 8), decode="device")
+    sent = {int(dataset.image_ids[i]): dataset[i]["encoded"] is not None for i in range(len(dataset))}
+    assert sent == {10: True, 11: True, 12: False, 13: False, 14: True, 15: True, 16: False, 17: False,
+                    18: True, 19: False}
+    with pytest.raises(ValueError, match="decode must be one of"):
+        ImageObjectsDataset(images, objects, offsets, demo["raw"], RESIZE, CROP, (8, 8), decode="gpu")
 
 
 def test_target_weights_resolution(tmp_path: Path) -> None:

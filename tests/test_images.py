@@ -10,7 +10,16 @@ import torch
 from PIL import Image
 
 from lavise.geometry import transform_geometry
-from lavise.images import IMAGENET_MEAN, IMAGENET_STD, UndecodableImageError, decode_image, normalize, preprocess
+from lavise.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    UndecodableImageError,
+    decode_image,
+    decode_jpegs_on_device,
+    device_decodable_size,
+    normalize,
+    preprocess,
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +97,57 @@ def test_preprocess_is_geometry_then_normalize() -> None:
     torch.testing.assert_close(out, manual)
     with pytest.raises(ValueError, match="uint8"):
         preprocess(image.float(), 40, 32)
+
+
+def _corrupt_scan(data: bytes) -> bytes:
+    """Keep the headers and the final EOI, replace the entropy-coded data with bogus markers."""
+    start = data.index(b"\xff\xda") + 20
+    filler = (b"\xff\xc4" * len(data))[: len(data) - 2 - start]
+    return data[:start] + filler + data[-2:]
+
+
+@pytest.mark.parametrize(
+    ("kind", "accepted"),
+    [("baseline", True), ("gray", True), ("progressive", True), ("restart_markers", True), ("exif", True),
+     ("cmyk", False), ("png", False), ("truncated", False), ("garbage", False), ("lossless_frame", False)],
+)
+def test_device_decodable_size(tmp_path: Path, pixels: np.ndarray, kind: str, accepted: bool) -> None:
+    image = Image.fromarray(pixels)
+    save = {"gray": (image.convert("L"), {}), "progressive": (image, {"progressive": True}),
+            "restart_markers": (image, {"restart_marker_blocks": 2}), "exif": (image, {"exif": Image.Exif()}),
+            "cmyk": (image.convert("CMYK"), {}), "png": (image, {"format": "PNG"})}
+    picture, options = save.get(kind, (image, {}))
+    data = _save(tmp_path / "a.jpg", picture, **({"format": "JPEG"} | options)).read_bytes()
+    if kind == "truncated":
+        data = data[: len(data) // 2]
+    elif kind == "garbage":
+        data = b"\xff\xd8" + b"\x00" * 100 + b"\xff\xd9"
+    elif kind == "lossless_frame":
+        data = data.replace(b"\xff\xc0", b"\xff\xc3", 1)
+    assert device_decodable_size(data) == ((60, 80) if accepted else None)
+
+
+def test_device_decodable_size_reads_the_frame_header_not_the_pixels(tmp_path: Path, pixels: np.ndarray) -> None:
+    data = bytearray(_save(tmp_path / "a.jpg", Image.fromarray(pixels)).read_bytes())
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5 : frame + 9] = (1234).to_bytes(2, "big") + (567).to_bytes(2, "big")
+    assert device_decodable_size(bytes(data)) == (1234, 567)
+
+
+def test_decode_jpegs_on_device_matches_cpu_decoder_and_isolates_failures(
+    tmp_path: Path, pixels: np.ndarray
+) -> None:
+    good = _save(tmp_path / "a.jpg", Image.fromarray(pixels), quality=90).read_bytes()
+    gray = _save(tmp_path / "g.jpg", Image.fromarray(pixels).convert("L")).read_bytes()
+    bad = _corrupt_scan(good)
+    assert device_decodable_size(bad) == (60, 80)
+    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in (good, bad, gray)]
+    results = decode_jpegs_on_device(encoded, ["a.jpg", "bad.jpg", "g.jpg"], torch.device("cpu"))
+    assert torch.equal(results[0], decode_image(tmp_path / "a.jpg"))
+    assert torch.equal(results[2], decode_image(tmp_path / "g.jpg"))
+    assert isinstance(results[1], UndecodableImageError) and str(results[1]).startswith("bad.jpg: torchvision: ")
+    (tmp_path / "bad.jpg").write_bytes(bad)
+    with pytest.raises(UndecodableImageError) as cpu_error:
+        decode_image(tmp_path / "bad.jpg")
+    assert str(cpu_error.value).replace(str(tmp_path / "bad.jpg"), "bad.jpg") == str(results[1])
+    assert decode_jpegs_on_device([], [], torch.device("cpu")) == []

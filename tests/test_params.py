@@ -34,6 +34,7 @@ def test_committed_params_are_valid() -> None:
         (("backbone", "weights"), "IMAGENET9", "none | target | IMAGENET1K_V1 | DEFAULT"),
         (("backbone", "weights"), "models/missing.pt", "an existing checkpoint file"),
         (("train", "optimizer"), "sgd", "allowed: dadapt_adam | adam"),
+        (("features", "decode"), "gpu", "`features.decode` = 'gpu' is invalid; allowed: workers | device"),
         (("train", "epochs"), 0, "`train.epochs` = 0"),
         (("train", "epochs"), 2.5, "`train.epochs` = 2.5"),
         (("evaluate", "top_s"), [10, 5], "strictly increasing"),
