@@ -13,6 +13,10 @@ Conventions not fixed by the paper (see ../shared/LAVISE.md §3-4):
   ``word_weighting: activation`` each image adds ``max(1, int(max activation))`` votes (the
   reference repeats ``int(weight)`` times, which gives 0 votes below 1; we keep at least one so
   no top image is silently ignored); ties go to the word seen first in activation order;
+* the seen/unseen split (VG) scores each pair against the tokens of its seen categories, then
+  against its *novel* tokens: tokens of its unseen categories that are no seen category's token.
+  A word the explainer was trained on (``light`` of a seen light.n.02 and of an unseen
+  traffic_light.n.01) is not a discovery, so it counts as seen only;
 * ``n_filters`` counts the filters evaluated with a method, ``n_filters_scored`` those with at
   least one pair whose ground truth is non-empty (the per-filter distribution is over these).
 """
@@ -82,6 +86,11 @@ class Categories:
     @property
     def has_unseen(self) -> bool:
         return bool((~self.seen).any())
+
+    @property
+    def novel_tokens(self) -> np.ndarray:
+        """bool [T]: tokens of no seen category, the words the explainer never had as a class."""
+        return ~self.incidence[self.seen].any(axis=0)
 
 
 @dataclass
@@ -506,6 +515,7 @@ def evaluate_explanations(
     truth_tokens = tokens_of_categories(truth, categories.incidence)
     seen_tokens = tokens_of_categories(truth & categories.seen[None, :], categories.incidence)
     unseen_tokens = tokens_of_categories(truth & ~categories.seen[None, :], categories.incidence)
+    unseen_tokens &= categories.novel_tokens[None, :]
     labels, label_iou = netdissect.labels()
     label_tokens = np.zeros((len(filters), len(categories.tokens)), dtype=bool)
     label_tokens[labels >= 0] = categories.incidence[labels[labels >= 0]]

@@ -24,7 +24,10 @@ Choices (documented because they shape the result):
   resized (shorter side `crop * resize / transform_crop`) and kept in memory as uint8 for all
   epochs (~3 * 1.2 * s^2 bytes each: 160 px -> ~90 kB; 5000 images -> ~0.5 GB). Larger
   datasets are streamed: decoded in DataLoader workers every epoch, memory flat in size.
-- The checkpoint written is the epoch with the best validation mAP (also recorded in config).
+- The checkpoint written is the last epoch's (the cosine schedule ends at zero). Val mAP is
+  computed every epoch to monitor training, never to choose an epoch: the val split is the one
+  `features` and `evaluate` explain, so picking the epoch that scores best there would tune the
+  explained network on its evaluation images.
 """
 
 from __future__ import annotations
@@ -386,7 +389,6 @@ class TrainingResult:
     state_dict: dict[str, torch.Tensor]
     val_map_per_epoch: list[float]
     train_loss_per_epoch: list[float]
-    best_epoch: int
     seconds: float
     cpu_seconds: float
     skipped_unreadable: dict[str, int] = field(default_factory=dict)
@@ -445,7 +447,7 @@ def train_target_model(data: MultiLabelData, *, architecture: str, init: str, ep
                        lr: float, weight_decay: float, crop: int, seed: int, eval_resize: int,
                        eval_crop: int, num_workers: int = 0, max_cached_images: int = DEFAULT_MAX_CACHED_IMAGES,
                        device: str = "cpu", score_at_transform: bool = True) -> TrainingResult:
-    """Train ``architecture`` on multi-label BCE and keep the epoch with the best val mAP.
+    """Train ``architecture`` on multi-label BCE; the last epoch's weights are the result.
 
     ``eval_resize``/``eval_crop`` are the `features` geometry (transform.resize/crop): training
     images are resized to the same crop/resize ratio at ``crop``, and, if ``score_at_transform``,
@@ -484,8 +486,6 @@ def train_target_model(data: MultiLabelData, *, architecture: str, init: str, ep
 
     val_maps: list[float] = []
     train_losses: list[float] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch = -1
     for epoch in range(epochs):
         model.train()
         train_view.epoch = epoch
@@ -512,16 +512,10 @@ def train_target_model(data: MultiLabelData, *, architecture: str, init: str, ep
         val_maps.append(val_map)
         log.info("target epoch %d/%d: train loss %.4f, val mAP %.4f, %.0f s", epoch + 1, epochs,
                  train_losses[-1], val_map, time.perf_counter() - start)
-        best_so_far = val_maps[best_epoch] if best_state is not None else float("nan")
-        # Without a usable val mAP (no val image) the latest epoch wins.
-        if best_state is None or math.isnan(best_so_far) or (not math.isnan(val_map) and val_map > best_so_far):
-            best_epoch = epoch
-            best_state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
-    assert best_state is not None
-    result = TrainingResult(best_state, val_maps, train_losses, best_epoch, 0.0, 0.0, skipped, cached=cache)
+    final_state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    result = TrainingResult(final_state, val_maps, train_losses, 0.0, 0.0, skipped, cached=cache)
     if score_at_transform and len(data.val):
-        model.load_state_dict(best_state)
         transform_view = AugmentedImages(data.val.labels, eval_crop, False, seed,
                                          source=ResizedImageSource(data.val.files, eval_resize))
         loader = DataLoader(transform_view, batch_size=batch_size, num_workers=num_workers,
@@ -576,7 +570,6 @@ def run_target_stage(annotations_dir: str | Path, raw_dir: str | Path, out_dir: 
         batch_size=target["batch_size"], lr=target["lr"], weight_decay=target["weight_decay"],
         crop=target["crop"], seed=target["seed"], eval_resize=transform["resize"], eval_crop=transform["crop"],
         num_workers=num_workers, max_cached_images=max_cached_images, device=device)
-    best_val_map = result.val_map_per_epoch[result.best_epoch]
     config = {
         "trained": True,
         "architecture": backbone["name"],
@@ -594,8 +587,7 @@ def run_target_stage(annotations_dir: str | Path, raw_dir: str | Path, out_dir: 
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "val_map_per_epoch": [_json_number(v) for v in result.val_map_per_epoch],
         "train_loss_per_epoch": [_json_number(v) for v in result.train_loss_per_epoch],
-        "best_epoch": result.best_epoch + 1,
-        "val_map": _json_number(best_val_map),
+        "val_map": _json_number(result.val_map_per_epoch[-1]),
         "val_map_at_transform": _json_number(result.val_map_at_transform),
         "images": data.counts,
         "skipped_unreadable": result.skipped_unreadable,
@@ -606,12 +598,10 @@ def run_target_stage(annotations_dir: str | Path, raw_dir: str | Path, out_dir: 
         write_json(tmp / "config.json", config)
     metrics = {
         "trained": True,
-        "val_map": _json_number(best_val_map),
+        "val_map": _json_number(result.val_map_per_epoch[-1]),
         "val_map_at_transform": _json_number(result.val_map_at_transform),
-        "train_loss": _json_number(result.train_loss_per_epoch[result.best_epoch]),
-        "final_train_loss": _json_number(result.train_loss_per_epoch[-1]),
+        "train_loss": _json_number(result.train_loss_per_epoch[-1]),
         "epochs": target["epochs"],
-        "best_epoch": result.best_epoch + 1,
         "skipped_unreadable": sum(result.skipped_unreadable.values()),
     }
     # Wall-clock times go to the log, not to DVC-tracked files: a rerun must reproduce them byte for byte.

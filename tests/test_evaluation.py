@@ -30,7 +30,7 @@ N_IMAGES, CHANNELS, GRID, EMB = 10, 512, 7, 16
 CROP, RESIZE = 224, 256
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota",
          "red", "car", "dog", "cat", "tree", "sky", "road"]  # the bias ranks road, sky, ... next
-CATEGORIES = [("red car", ["red", "car"], "seen"), ("dog", ["dog"], "seen"), ("cat", ["cat"], "unseen"),
+CATEGORIES = [("red car", ["red", "car"], "seen"), ("dog", ["dog"], "seen"), ("cat", ["cat", "red"], "unseen"),
               ("tree", ["tree"], "seen"), ("sky", ["sky"], "unseen"), ("road", ["road"], "seen")]
 BIAS = 1e-4 * np.arange(1, EMB + 1)
 EVALUATE = {
@@ -125,12 +125,16 @@ def _truth(image_masks: tuple[list[str], np.ndarray], region: np.ndarray) -> dic
     """Ground-truth tokens of one (filter, image) pair: categories with IoU > the threshold."""
     tokens_of = {c[0]: set(c[1]) for c in CATEGORIES}
     seen_of = {c[0]: c[2] == "seen" for c in CATEGORIES}
+    seen_words = {token for c in CATEGORIES if c[2] == "seen" for token in c[1]}
     truth: dict[str, set[str]] = {"all": set(), "seen": set(), "unseen": set()}
     for name, mask in zip(*image_masks):
         either = (region | mask).sum()
         if either and (region & mask).sum() / either > EVALUATE["iou_threshold"]:
             truth["all"] |= tokens_of[name]
-            truth["seen" if seen_of[name] else "unseen"] |= tokens_of[name]
+            if seen_of[name]:
+                truth["seen"] |= tokens_of[name]
+            else:  # novel words only: "red" of the unseen "cat" was a training class
+                truth["unseen"] |= tokens_of[name] - seen_words
     return truth
 
 

@@ -207,11 +207,12 @@ def test_stage_writes_checkpoint_that_features_loads(tiny_dataset: Path, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["categories"] == CATEGORIES and config["num_classes"] == 3
-    assert len(config["val_map_per_epoch"]) == 2 and 1 <= config["best_epoch"] <= 2
+    assert len(config["val_map_per_epoch"]) == 2 and "best_epoch" not in config
     assert config["skipped_unreadable"] == {"train_unreadable": 1, "val_unreadable": 0}
     assert json.loads(metrics_path.read_text()) == {k: v for k, v in metrics.items() if k != "seconds"}
     assert metrics["trained"] and 0.0 <= metrics["val_map"] <= 1.0 and metrics["epochs"] == 2
-    assert metrics["val_map"] == config["val_map_per_epoch"][config["best_epoch"] - 1]
+    assert metrics["val_map"] == config["val_map_per_epoch"][-1]
+    assert metrics["train_loss"] == config["train_loss_per_epoch"][-1]
 
     state = load_file(str(out / "model.safetensors"))
     model = torchvision.models.resnet18(num_classes=3)
@@ -258,10 +259,10 @@ def test_stage_script_skip_path_from_params(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m" / "target" / "config.json").read_text())["trained"] is False
 
 
-def test_without_val_images_the_last_epoch_is_kept(tiny_dataset: Path) -> None:
+def test_without_val_images_training_completes_unscored(tiny_dataset: Path) -> None:
     torch.set_num_threads(1)
     data = load_multilabel_data(tiny_dataset / "annotations", tiny_dataset / "raw" / "demo")
     no_val = LabelledImages(np.zeros(0, dtype=np.int64), [], np.zeros((0, len(CATEGORIES)), dtype=np.float32))
     result = _train(MultiLabelData(data.categories, data.train, no_val, data.counts), crop=32, eval_resize=37,
                     eval_crop=32)
-    assert result.best_epoch == 1 and all(np.isnan(result.val_map_per_epoch))
+    assert len(result.val_map_per_epoch) == 2 and all(np.isnan(result.val_map_per_epoch))
