@@ -7,8 +7,12 @@ each model, on a generated set of COCO-sized JPEGs with boxes.
 Targets (issue 4): on CPU (c) >= 90% of the serial bound 1/(1/a + 1/b), a in one process,
 because workers overlap decoding with the forward pass; on a GPU (c) >= 80% of min(a with all
 workers, b). ``--decode device`` decodes the JPEGs batched on the device (nvJPEG on CUDA).
+``--memory N1 N2 ...`` instead runs the whole stage on datasets of N1, N2, ... images, each in a
+fresh process, and prints the main process's peak memory: it should not grow with N (the
+writer streams chunks; only the per-object index tables grow, by bytes per object).
 
     python -m benchmarks.bench_features --images 300 --threads 2 --workers 2
+    python -m benchmarks.bench_features --memory 300 1200 --models resnet18
     python -m benchmarks.bench_features --device cuda --images 4000 --workers 16 --batch-size 256 \\
         --decode workers device
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from benchmarks.memory import PeakMemory
 from lavise.backbones import build_feature_extractor
 from lavise.feature_cache import (
     ImageObjectsDataset,
@@ -76,6 +82,8 @@ def _dataset(raw: Path, annotations: Path, resize: int, crop: int, grid: tuple[i
 def decode_rate(raw: Path, annotations: Path, resize: int, crop: int, grid: tuple[int, int]) -> float:
     """(a), one process: the per-image worker work of ``decode=workers``."""
     dataset = _dataset(raw, annotations, resize, crop, grid)
+    for position in range(min(8, len(dataset))):  # warm-up: first-call allocations, lazy imports
+        dataset[position]
     started = time.perf_counter()
     for position in range(len(dataset)):
         dataset[position]
@@ -123,6 +131,33 @@ def backbone_rate(name: str, layer: str, raw: Path, annotations: Path, resize: i
     return len(dataset) / (time.perf_counter() - started)
 
 
+def _stage_in_child(queue: multiprocessing.Queue, kwargs: dict) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(kwargs.pop("threads"))
+    with PeakMemory() as peak:
+        result = build_feature_cache(**kwargs)
+    queue.put({"peak": peak.peak, "images": result["images_computed"], "seconds": result["seconds"]})
+
+
+def stage_peak_memory(root: Path, n_images: int, args: argparse.Namespace, name: str) -> dict:
+    """The whole stage on ``n_images`` generated images in a fresh process: its peak memory."""
+    raw, annotations = generate_dataset(root / f"memory_{n_images}", n_images, args.seed)
+    kwargs = {
+        "annotations_dir": annotations, "raw_dir": raw, "out_dir": root / f"memory_{n_images}" / "features",
+        "backbone": {"name": name, "weights": "none", "layer": args.layer, "num_classes": None},
+        "transform": {"resize": args.resize, "crop": args.crop}, "batch_size": args.batch_size,
+        "num_workers": args.workers, "device": args.device, "chunk_images": 256, "decode": args.decode[0],
+        "threads": args.threads,
+    }
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_stage_in_child, args=(queue, kwargs))
+    child.start()
+    measured = queue.get()
+    child.join()
+    return measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=300)
@@ -135,6 +170,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--decode", nargs="+", choices=["workers", "device"], default=["workers"])
+    parser.add_argument("--memory", type=int, nargs="+", metavar="N", help="peak memory at these dataset sizes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -142,6 +178,16 @@ def main() -> None:
     device = torch.device(args.device)
     grid = (args.crop // 32, args.crop // 32)
     common = (args.resize, args.crop, grid)
+    if args.memory:
+        with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
+            for name in args.models:
+                for n_images in args.memory:
+                    measured = stage_peak_memory(Path(tmp), n_images, args, name)
+                    peak = measured["peak"]
+                    print(f"{name} {args.layer}, {n_images:6d} images ({measured['images'] / measured['seconds']:.1f} "
+                          f"images/s): main process peak RssAnon {peak['RssAnon'] / 1024:7.1f} MiB, "
+                          f"VmHWM {peak['VmHWM'] / 1024:7.1f} MiB")
+        return
     with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
         raw, annotations = generate_dataset(Path(tmp), args.images, args.seed)
         a_one = decode_rate(raw, annotations, *common)

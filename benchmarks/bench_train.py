@@ -19,7 +19,6 @@ import logging
 import multiprocessing
 import resource
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,45 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from benchmarks.memory import PeakMemory
+
 log = logging.getLogger("bench_train")
-
-
-def memory_status() -> dict[str, int]:
-    """RssAnon / RssFile / VmHWM of this process in KiB, from /proc/self/status."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile", "VmHWM", "VmRSS"):
-            fields[key] = int(value.split()[0])
-    return fields
-
-
-class PeakMemory:
-    """Samples /proc/self/status in a thread: the kernel only records the peak of total RSS."""
-
-    def __init__(self, interval_s: float = 0.1) -> None:
-        self.interval_s = interval_s
-        self.peak: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        for key, value in memory_status().items():
-            self.peak[key] = max(self.peak.get(key, 0), value)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
-    def __enter__(self) -> PeakMemory:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 def build_random_cache(root: Path, n_train: int, n_val: int, dim: int, n_categories: int,
