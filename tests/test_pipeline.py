@@ -104,6 +104,7 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
         (("split", "seed"), 7, {"annotations"}),
         (("preprocess", "min_images"), 30, {"annotations"}),
         (("features", "batch_size"), 8, {"features"}),
+        (("features", "decode"), "device", {"features"}),
         (("target", "lr"), 0.01, {"target"}),
         (("data", "demo_seed"), 3, {"download"}),
     ],
