@@ -39,6 +39,8 @@ import pyarrow.compute as pc
 from PIL import Image
 from tqdm import tqdm
 
+from lavise.images import UndecodableImageError, decode_image
+
 from lavise.embeddings import WordEmbeddings
 from lavise.io import write_json, write_parquet
 from lavise.splits import split_categories, split_images
@@ -126,8 +128,30 @@ def max_categories_per_image(image_ids: np.ndarray) -> int:
     return int(np.unique(image_ids, return_counts=True)[1].max())
 
 
+# What a complete file of each format ends with (before any zero padding): JPEG's end-of-image
+# marker, PNG's IEND chunk.
+_COMPLETE_ENDINGS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 1024
+
+
+def _ends_complete(path: str, image_format: str | None) -> bool:
+    ending = _COMPLETE_ENDINGS.get(image_format or "")
+    if ending is None:
+        return False
+    with open(path, "rb") as file:
+        file.seek(max(0, os.path.getsize(path) - _TAIL_BYTES))
+        return file.read().rstrip(b"\x00").endswith(ending)
+
+
 def check_image_files(raw_dir: Path, paths: list[str]) -> np.ndarray:
-    """Status per image: ``ok``, ``missing`` or ``undecodable`` (PIL header read, no decode)."""
+    """Status per image: ``ok``, ``missing`` or ``undecodable``.
+
+    A header parse catches files that are no image; a truncated file still has a valid header,
+    so the last KiB is checked for the format's end marker as well. Only files without one
+    (truncated, trailing bytes after the marker, or another format) are decoded in full, so the
+    cost stays a header read for almost every image and a truncated download is counted here,
+    not first discovered by `features`.
+    """
     status = np.empty(len(paths), dtype=object)
     for index, relative in enumerate(tqdm(paths, desc="check image files", unit="img", mininterval=2.0)):
         path = os.path.join(raw_dir, relative)
@@ -136,9 +160,17 @@ def check_image_files(raw_dir: Path, paths: list[str]) -> np.ndarray:
             continue
         try:
             with Image.open(path) as image:
-                image.size  # noqa: B018 - the header parse is the check
-            status[index] = "ok"
+                image_format = image.format
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            status[index] = "undecodable"
+            continue
+        if _ends_complete(path, image_format):
+            status[index] = "ok"
+            continue
+        try:
+            decode_image(path)
+            status[index] = "ok"
+        except UndecodableImageError:
             status[index] = "undecodable"
     return status
 

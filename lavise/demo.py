@@ -30,7 +30,8 @@ Planted cases (indices are positions in the id-sorted image list of that split/d
   past the right/bottom edge (objects drawn partly off-canvas); some objects are duplicated
   (same box and names, new object_id); image 0 has ``objects: []``; image 1 is grayscale;
   image 2 is a truncated JPEG. Images are split between VG_100K/ (images.zip) and VG_100K_2/
-  (images2.zip) as in VG 1.2, and image_data.json's url names the folder.
+  (images2.zip) as in VG 1.2, and image_data.json's url names the folder; the objects come in
+  objects_v1_2.json.zip (member objects.json), the official VG 1.2 archive name.
 
 Determinism: every image draws from its own generator seeded by (seed, dataset, image id), zip
 members are sorted with a fixed timestamp and permissions, JPEG settings are fixed, so the same
@@ -753,7 +754,10 @@ def _build_vg(out_dir: Path, seed: int) -> list[Path]:
         _write_zip(out_dir / archive, members(folder))
         paths.append(out_dir / archive)
     ordered = [records[image_id] for image_id in image_ids]
-    for archive, member, index in (("objects.json.zip", "objects.json", 0), ("image_data.json.zip", "image_data.json", 1)):
+    for archive, member, index in (
+        ("objects_v1_2.json.zip", "objects.json", 0),
+        ("image_data.json.zip", "image_data.json", 1),
+    ):
         _write_zip(out_dir / archive, iter([(member, _json_bytes([r[index] for r in ordered]), True)]))
         paths.append(out_dir / archive)
     return paths
@@ -764,7 +768,7 @@ def _build_vg(out_dir: Path, seed: int) -> list[Path]:
 
 ARCHIVES = {
     "coco": ("train2017.zip", "val2017.zip", "annotations_trainval2017.zip"),
-    "vg": ("images.zip", "images2.zip", "objects.json.zip", "image_data.json.zip"),
+    "vg": ("images.zip", "images2.zip", "objects_v1_2.json.zip", "image_data.json.zip"),
 }
 
 

@@ -2,7 +2,10 @@
 
 The official archives are tens of gigabytes on links that drop, so a transfer must survive being
 cut (resume from the ``.part`` file), never leave a file at its final name unless it verified, and
-fail with an actionable message when the machine is offline. Extraction refuses archive members
+fail with an actionable message when the machine is offline. Archives without a published checksum
+(Visual Genome) are at least checked to be complete, readable zips before they are kept or reused.
+Free disk space is checked once the server has answered (an offline machine gets the offline
+message, not a disk-space one), before the first byte is written. Extraction refuses archive members
 that would escape the destination (``..``, absolute paths, drive letters, symlinks) and writes
 into a temporary sibling first, so a failed extraction leaves nothing behind.
 """
@@ -102,14 +105,41 @@ def file_digests(path: str | os.PathLike[str], *, progress: bool = False) -> dic
     return {"size": stat_result.st_size, **digests}
 
 
+def zip_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete, readable zip archive, or None when it is.
+
+    Reads only the end-of-central-directory record and the central directory (a second or so for
+    the 108k-member Visual Genome image zips, no data decompressed), so a truncated or cut
+    download, or an HTML error page saved under a zip name, is caught. Corruption inside a member's
+    data is caught later by the CRC check during extraction.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        return f"not a complete, readable zip archive ({error})"
+    if not infos:
+        return "not a complete zip archive (no members)"
+    file_size = path.stat().st_size
+    overrun = [i.filename for i in infos if i.header_offset + i.compress_size > file_size]
+    if overrun:
+        return f"not a complete zip archive (member {overrun[0]!r} runs past the end of the file)"
+    return None
+
+
 def _mismatches(path: Path, sha256: str | None, md5: str | None, size: int | None,
-                progress: bool) -> list[str]:
-    """Human-readable list of what does not match; empty when the file verifies."""
+                progress: bool, verify_zip: bool = False) -> list[str]:
+    """Human-readable list of what does not match; empty when the file verifies.
+
+    Without a published checksum, ``verify_zip`` adds the zip structure check of
+    :func:`zip_problem` (with a checksum that check would add nothing).
+    """
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         return [f"size: expected {size} bytes, got {actual_size}"]
     if sha256 is None and md5 is None:
-        return []
+        problem = zip_problem(path) if verify_zip else None
+        return [problem] if problem else []
     digests = file_digests(path, progress=progress)
     problems = []
     if sha256 is not None and digests["sha256"] != sha256.lower():
@@ -119,12 +149,29 @@ def _mismatches(path: Path, sha256: str | None, md5: str | None, size: int | Non
     return problems
 
 
-def offline_message(url: str, dest: Path, reason: object) -> str:
+def verification_phrase(*, checksum: bool, size: int | None, verify_zip: bool) -> str:
+    """What will be checked before a file placed by hand is reused (for the offline message)."""
+    if checksum:
+        return "it will be verified against its published checksum and reused"
+    checks = []
+    if size is not None:
+        checks.append(f"its size ({size} bytes)")
+    if verify_zip:
+        checks.append("that it is a complete, readable zip archive")
+    published = ("no checksum is published" if size is not None
+                 else "no checksum or size is published")
+    if not checks:
+        return f"{published}, so it will be reused without verification"
+    return f"{published}, so only {' and '.join(checks)} will be checked before it is reused"
+
+
+def offline_message(url: str, dest: Path, reason: object, *,
+                    verification: str = "it will be verified and reused") -> str:
     """The one paragraph a user sees when a host is unreachable: what, where, and what to do."""
     return (
         f"Could not download {url} to {dest.resolve()}: the host cannot be reached ({reason}). "
         f"This machine seems to be offline or cannot reach that server. Either download the file "
-        f"by other means and place it at exactly {dest.resolve()} (it will be verified and reused), "
+        f"by other means and place it at exactly {dest.resolve()} ({verification}), "
         f"then re-run `dvc repro download`; or set `data.source: demo` in params.yaml to use the "
         f"embedded offline demo instead."
     )
@@ -206,6 +253,7 @@ def _transfer_once(url: str, part: Path, *, size: int | None, timeout_s: float,
     with response:
         status = response.status
         mode = "ab"
+        on_disk = offset
         if offset and status == 200:
             log.warning("server ignored the Range request for %s; restarting from byte 0", url)
             offset, mode = 0, "wb"
@@ -218,6 +266,9 @@ def _transfer_once(url: str, part: Path, *, size: int | None, timeout_s: float,
         length_header = response.headers.get("Content-Length")
         expected_body = int(length_header) if length_header and length_header.isdigit() else None
         total = offset + expected_body if expected_body is not None else size
+        if total is not None:
+            # Checked only now that the server answered: offline must read as offline.
+            _ensure_room(part, total - on_disk)
         received = 0
         with open(part, mode) as out, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
                                            unit_divisor=1024, desc=part.name.removesuffix(".part"),
@@ -232,24 +283,28 @@ def _transfer_once(url: str, part: Path, *, size: int | None, timeout_s: float,
 
 def fetch(url: str, dest: Path, *, sha256: str | None = None, md5: str | None = None,
           size: int | None = None, retries: int = 5, backoff_s: float = 1.0,
-          timeout_s: float = 60.0, progress: bool = True,
+          timeout_s: float = 60.0, progress: bool = True, verify_zip: bool = False,
           sleep: Callable[[float], None] = time.sleep) -> Path:
     """Download ``url`` to ``dest`` unless ``dest`` already verifies; return ``dest``.
 
     Bytes go to ``dest.name + ".part"`` and are resumed with a Range request after a cut; the
     file is renamed onto ``dest`` only after its size and checksums match. When no checksum is
-    published the sha256 is computed and cached (see :func:`file_digests`) for the manifest.
+    published the sha256 is computed and cached (see :func:`file_digests`) for the manifest, and
+    ``verify_zip`` requires the file (an existing ``dest`` as well as a fresh download) to be a
+    complete, readable zip archive (see :func:`zip_problem`).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
-        problems = _mismatches(dest, sha256, md5, size, progress)
+        problems = _mismatches(dest, sha256, md5, size, progress, verify_zip)
         if not problems:
-            log.info("reusing verified %s", dest)
+            log.info("reusing %s (%s)", dest, "checksum verified" if sha256 or md5 else
+                     "no published checksum; " + ("complete zip" if verify_zip else "not verified"))
             return dest
         log.warning("existing %s does not verify (%s); downloading it again", dest, "; ".join(problems))
     part = dest.with_name(dest.name + ".part")
-    _check_free_space(part, size)
+    verification = verification_phrase(checksum=sha256 is not None or md5 is not None, size=size,
+                                       verify_zip=verify_zip)
     connected_once = False
     last_error: BaseException | None = None
     for attempt in range(retries + 1):
@@ -266,18 +321,20 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, md5: str | None = 
             last_error = error
         except urllib.error.URLError as error:
             if _is_offline(error.reason) and not connected_once:
-                raise OfflineError(offline_message(url, dest, error.reason)) from error
+                raise OfflineError(offline_message(url, dest, error.reason,
+                                                   verification=verification)) from error
             last_error = error
         except (TimeoutError, ConnectionError, http.client.HTTPException, socket.timeout) as error:
             if _is_offline(error) and not connected_once:
-                raise OfflineError(offline_message(url, dest, error)) from error
+                raise OfflineError(offline_message(url, dest, error,
+                                                   verification=verification)) from error
             connected_once = True
             last_error = error
     else:
         raise DownloadError(f"giving up on {url} after {retries + 1} attempts "
                             f"(partial data kept in {part} for the next run): {last_error}")
     part.with_name(part.name + VALIDATOR_SUFFIX).unlink(missing_ok=True)
-    problems = _mismatches(part, sha256, md5, size, progress)
+    problems = _mismatches(part, sha256, md5, size, progress, verify_zip)
     if problems:
         _remove_quietly(part, part.with_name(part.name + DIGEST_SIDECAR_SUFFIX))
         raise ChecksumError(f"{dest.name} downloaded from {url} is corrupt and was deleted: "
@@ -292,15 +349,25 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, md5: str | None = 
     return dest
 
 
-def _check_free_space(part: Path, size: int | None) -> None:
-    """Fail before a transfer that cannot fit, rather than hours later with a full disk."""
-    if size is None:
+def _free_bytes(directory: Path) -> int:
+    """Free bytes on the filesystem of ``directory`` (a seam for tests)."""
+    return shutil.disk_usage(directory).free
+
+
+def _ensure_room(part: Path, needed: int) -> None:
+    """Fail before writing a transfer that cannot fit, rather than hours later with a full disk.
+
+    Called once the server has answered, with the bytes still to come (from Content-Length, or
+    the published size), so an unreachable host is reported as offline whatever the free space.
+    """
+    if needed <= 0:
         return
-    have = part.stat().st_size if part.exists() else 0
-    free = shutil.disk_usage(part.parent).free
-    if size - have > free:
-        raise DownloadError(f"{part.parent} has {free} bytes free but {part.name} needs "
-                            f"{size - have} more bytes")
+    free = _free_bytes(part.parent)
+    if needed > free:
+        raise DownloadError(
+            f"{part.parent} has {free} bytes free but {part.name.removesuffix('.part')} needs "
+            f"{needed} more bytes; free some space or put the downloads folder on a larger disk "
+            f"(e.g. a symlink for data/downloads), then re-run `dvc repro download`")
 
 
 def _member_problem(info: zipfile.ZipInfo) -> str | None:
@@ -338,15 +405,41 @@ def _relative_target(name: str, strip_prefix: str | None) -> PurePosixPath | Non
     return PurePosixPath(*parts) if parts else None
 
 
+def sole_member(archive: Path, suffix: str) -> str:
+    """The name of the one file member of ``archive`` ending in ``suffix``; DownloadError otherwise.
+
+    For archives whose inner file name is not fixed by the publisher (Visual Genome's
+    ``objects_v1_2.json.zip``): any single ``*.json`` member is accepted, wherever it lies.
+    """
+    archive = Path(archive)
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            names = [i.filename for i in zipped.infolist() if not i.is_dir()]
+    except zipfile.BadZipFile as error:
+        raise DownloadError(f"{archive} is not a readable zip archive: {error}; delete it to "
+                            f"download it again") from error
+    matching = [n for n in names if n.lower().endswith(suffix.lower())
+                and not n.replace("\\", "/").startswith("__MACOSX/")]
+    if len(matching) != 1:
+        found = f"{len(matching)}: {matching[:5]}" if matching else "none"
+        raise DownloadError(
+            f"{archive} should hold exactly one *{suffix} file but holds {found} (all members: "
+            f"{names[:10]}{' ...' if len(names) > 10 else ''}); unexpected archive layout: check "
+            f"that the file at {archive} is the right one, or delete it to download it again")
+    return matching[0]
+
+
 def safe_extract_zip(archive: Path, dest_dir: Path, *, strip_prefix: str | None = None,
-                     members: Collection[str] | None = None, progress: bool = True) -> list[Path]:
+                     members: Collection[str] | None = None,
+                     rename: Mapping[str, str] | None = None, progress: bool = True) -> list[Path]:
     """Extract ``archive`` into ``dest_dir`` after checking every member; return the files written.
 
     All members are validated before a byte is written. Files are extracted into a temporary
     directory beside ``dest_dir`` and then moved in: ``dest_dir`` is renamed into place when it
     does not exist yet, otherwise the files are merged into it (an existing file is never
     overwritten). ``strip_prefix`` drops a leading folder (``"VG_100K_2/"``); ``members`` limits
-    extraction to those member names, each of which must be present.
+    extraction to those member names, each of which must be present. ``rename`` maps a member name
+    to the relative path it is written to instead (``{"objects_v1_2.json": "objects.json"}``).
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     try:
@@ -372,7 +465,14 @@ def safe_extract_zip(archive: Path, dest_dir: Path, *, strip_prefix: str | None 
             if outside:
                 raise DownloadError(f"{archive}: {len(outside)} member(s) are not under "
                                     f"{prefix!r}, e.g. {outside[:3]}; unexpected archive layout")
-        targets = [(info, _relative_target(info.filename, strip_prefix)) for info in infos]
+        renamed = {}
+        for name, target in (rename or {}).items():
+            if (why := _member_problem(zipfile.ZipInfo(target))) or not _relative_target(target, None):
+                raise UnsafeArchiveError(f"refusing to extract {name!r} of {archive} to {target!r} "
+                                         f"({why or 'empty path'})")
+            renamed[name] = _relative_target(target, None)
+        targets = [(info, renamed[info.filename] if info.filename in renamed
+                    else _relative_target(info.filename, strip_prefix)) for info in infos]
         files = [(info, rel) for info, rel in targets if rel is not None and not info.is_dir()]
         seen: set[PurePosixPath] = set()
         for _, rel in files:
@@ -381,7 +481,7 @@ def safe_extract_zip(archive: Path, dest_dir: Path, *, strip_prefix: str | None 
             seen.add(rel)
         needed = sum(info.file_size for info, _ in files)
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(dest_dir.parent).free
+        free = _free_bytes(dest_dir.parent)
         if needed > free:
             raise DownloadError(f"extracting {archive} needs {needed} bytes, {dest_dir.parent} "
                                 f"has {free} free")

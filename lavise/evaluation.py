@@ -17,6 +17,11 @@ Conventions not fixed by the paper (see ../shared/LAVISE.md §3-4):
   against its *novel* tokens: tokens of its unseen categories that are no seen category's token.
   A word the explainer was trained on (``light`` of a seen light.n.02 and of an unseen
   traffic_light.n.01) is not a discovery, so it counts as seen only;
+* NetDissect is scored out of sample by 2-fold cross-fitting: the evaluation images are split
+  by map row parity, each filter is labelled on each half, and a pair is scored with the label
+  learned on the other half (a label picked on the very masks it is scored against would be
+  scored in sample). The label reported per filter, and its distinct-concept count, come from
+  all images; ``in_sample`` records the in-sample recall@1 for comparison;
 * ``n_filters`` counts the filters evaluated with a method, ``n_filters_scored`` those with at
   least one pair whose ground truth is non-empty (the per-filter distribution is over these).
 """
@@ -64,6 +69,7 @@ from lavise.recall import (
 log = logging.getLogger(__name__)
 
 NETDISSECT = "netdissect"
+NETDISSECT_FOLDS = 2  # cross-fitting: a pair is scored with the label of the other half of the images
 IMAGE_CHUNK_BYTES = 64 << 20  # float32 maps of one chunk of evaluation images
 CNN_BATCH = 16  # masked images per CNN forward (activation memory of a full backbone)
 EXPLANATION_SIZE = 10  # words kept per filter explanation (reference code --num-output)
@@ -232,14 +238,15 @@ def explain_filters(
     device: torch.device,
     n_categories: int,
     masking: dict[str, Any] | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray, NetDissectAccumulator]:
-    """The streaming pass: explainer outputs per method, ground truth, NetDissect sums.
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray, list[NetDissectAccumulator]]:
+    """The streaming pass: explainer outputs per method, ground truth, NetDissect sums per fold.
 
     ``image_masks(row) -> (bool masks [n, crop, crop], category ids [n])``. ``masking``, when
     given, holds ``extractor``, ``filters`` (bool over the evaluated filters) and ``image(row)``
     returning the normalised input image. Returns outputs per method (``[P, E]``; image masking
     only for its pairs, NaN rows elsewhere), per-image original outputs ``[N, E]``, the
-    ground-truth categories ``bool [P, C]`` and the NetDissect accumulator.
+    ground-truth categories ``bool [P, C]`` and the NetDissect accumulators of the two folds
+    (map rows of even and odd index).
     """
     n_images, n_channels, height, width = maps.shape
     n_filters = len(filters)
@@ -249,7 +256,7 @@ def explain_filters(
     outputs = {m: torch.full((len(pairs), emb_dim), math.nan) for m in FEATURE_METHODS + ("image_masking",)}
     original = torch.full((n_images, emb_dim), math.nan)
     truth = np.zeros((len(pairs), n_categories), dtype=bool)
-    netdissect = NetDissectAccumulator(n_filters, n_categories)
+    netdissect_folds = [NetDissectAccumulator(n_filters, n_categories) for _ in range(NETDISSECT_FOLDS)]
     chunk_rows = max(1, IMAGE_CHUNK_BYTES // (n_channels * height * width * 4))
     all_filters = n_filters == n_channels and bool(np.all(filters == np.arange(n_channels)))
     for start in tqdm(range(0, n_images, chunk_rows), desc="explain", unit="chunk"):
@@ -263,7 +270,9 @@ def explain_filters(
             active_t = torch.from_numpy(active).to(device)
             regions = activation_regions(selected[row - start, active_t], thresholds_t[active_t], crop)
             r_area, m_area, inter = region_overlaps(regions, masks.to(device))
-            netdissect.add(active, r_area.cpu().numpy(), inter.cpu().numpy(), categories, m_area.cpu().numpy())
+            netdissect_folds[row % NETDISSECT_FOLDS].add(
+                active, r_area.cpu().numpy(), inter.cpu().numpy(), categories, m_area.cpu().numpy()
+            )
             row_pairs = pairs.of_rows(row, row + 1)
             position = np.full(n_filters, -1, dtype=np.int64)
             position[active] = np.arange(len(active))
@@ -291,7 +300,24 @@ def explain_filters(
                 outputs[method][index] = _explain_batch(explainer, features)
         if masking is not None:
             _image_masking_chunk(masking, block, start, chunk_pairs, pairs, filters_t, thresholds_t, explainer, outputs)
-    return outputs, original, truth, netdissect
+    return outputs, original, truth, netdissect_folds
+
+
+def merged_accumulator(folds: list[NetDissectAccumulator]) -> NetDissectAccumulator:
+    """The accumulator of all images: the folds' sums added."""
+    merged = NetDissectAccumulator(*folds[0].intersection.shape)
+    for fold in folds:
+        merged.intersection += fold.intersection
+        merged.region_area += fold.region_area
+        merged.mask_area += fold.mask_area
+    return merged
+
+
+def label_token_sets(labels: np.ndarray, categories: Categories) -> np.ndarray:
+    """bool ``[F, T]``: the tokens of each filter's label (none for an unlabelled filter)."""
+    tokens = np.zeros((len(labels), len(categories.tokens)), dtype=bool)
+    tokens[labels >= 0] = categories.incidence[labels[labels >= 0]]
+    return tokens
 
 
 def _image_masking_chunk(
@@ -481,7 +507,7 @@ def evaluate_explanations(
 
         masking = {"extractor": extractor, "filters": masking_selected, "image": masking_image}
 
-    outputs, original, truth, netdissect = explain_filters(
+    outputs, original, truth, netdissect_folds = explain_filters(
         maps, thresholds, image_max, filters, pairs, image_masks, explainer,
         iou_threshold=float(evaluate["iou_threshold"]), crop=crop, batch_size=int(evaluate["batch_size"]),
         device=device, n_categories=len(categories.names), masking=masking,
@@ -516,9 +542,11 @@ def evaluate_explanations(
     seen_tokens = tokens_of_categories(truth & categories.seen[None, :], categories.incidence)
     unseen_tokens = tokens_of_categories(truth & ~categories.seen[None, :], categories.incidence)
     unseen_tokens &= categories.novel_tokens[None, :]
-    labels, label_iou = netdissect.labels()
-    label_tokens = np.zeros((len(filters), len(categories.tokens)), dtype=bool)
-    label_tokens[labels >= 0] = categories.incidence[labels[labels >= 0]]
+    labels, label_iou = merged_accumulator(netdissect_folds).labels()
+    fold_label_tokens = np.stack([label_token_sets(fold.labels()[0], categories) for fold in netdissect_folds])
+    # Pair (u, i) is scored with u's label from the fold that does not contain image i.
+    other_fold = (pairs.row % NETDISSECT_FOLDS + 1) % NETDISSECT_FOLDS
+    pair_label_tokens = fold_label_tokens[other_fold, pairs.filter_pos]
 
     metrics: dict[str, Any] = {}
     filter_rows: list[dict[str, Any]] = []
@@ -550,12 +578,14 @@ def evaluate_explanations(
                 "words": [str(vocabulary.words[w]) for w in words], "word_counts": counts,
             })
 
-    nd_per_pair = label_recall(label_tokens[pairs.filter_pos], truth_tokens)
+    nd_per_pair = label_recall(pair_label_tokens, truth_tokens)
     nd_per_s = {s: nd_per_pair for s in s_values}
     entry = _method_metrics(nd_per_s, pairs.filter_pos, len(filters))
     if categories.has_unseen:
-        entry["seen"] = _split_metrics({s: label_recall(label_tokens[pairs.filter_pos], seen_tokens) for s in s_values})
-        entry["unseen"] = _split_metrics({s: label_recall(label_tokens[pairs.filter_pos], unseen_tokens) for s in s_values})
+        entry["seen"] = _split_metrics({s: label_recall(pair_label_tokens, seen_tokens) for s in s_values})
+        entry["unseen"] = _split_metrics({s: label_recall(pair_label_tokens, unseen_tokens) for s in s_values})
+    in_sample = label_recall(label_token_sets(labels, categories)[pairs.filter_pos], truth_tokens)
+    entry["in_sample"] = _split_metrics({1: in_sample})
     entry["n_distinct_concepts"] = int(len(np.unique(labels[labels >= 0])))
     metrics[NETDISSECT] = entry
     nd_means = {s: per_filter_means(nd_per_pair, pairs.filter_pos, len(filters)) for s in s_values}

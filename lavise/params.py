@@ -45,6 +45,14 @@ def integer(low: int | None = None, high: int | None = None, nullable: bool = Fa
     return check
 
 
+def _parses_as_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def number(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> Validator:
     def check(key: str, value: Any) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -53,7 +61,10 @@ def number(low: float, high: float, *, open_low: bool = False, open_high: bool =
         if not ok:
             lb = "(" if open_low else "["
             rb = ")" if open_high else "]"
-            _fail(key, value, f"a number in {lb}{low}, {high}{rb}")
+            hint = ""
+            if isinstance(value, str) and _parses_as_float(value):
+                hint = f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-4, or as 0.0001)"
+            _fail(key, value, f"a number in {lb}{low}, {high}{rb}{hint}")
 
     return check
 

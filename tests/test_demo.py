@@ -50,7 +50,7 @@ def coco(demo_dir) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def vg(demo_dir) -> tuple[list[dict], list[dict]]:
     out, _ = demo_dir
-    with zipfile.ZipFile(out / "objects.json.zip") as archive:
+    with zipfile.ZipFile(out / "objects_v1_2.json.zip") as archive:
         objects = json.loads(archive.read("objects.json"))
     with zipfile.ZipFile(out / "image_data.json.zip") as archive:
         image_data = json.loads(archive.read("image_data.json"))

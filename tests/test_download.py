@@ -25,6 +25,8 @@ from lavise.download import (
     fetch,
     file_digests,
     safe_extract_zip,
+    sole_member,
+    zip_problem,
 )
 from lavise.io import file_digest
 
@@ -255,14 +257,108 @@ def test_corrupt_destination_downloaded_again(server, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("url", [f"http://127.0.0.1:{_closed_port()}/train2017.zip",
                                  "http://no-such-host.invalid/train2017.zip"])
-def test_offline_error_names_url_file_and_remedy(tmp_path: Path, url: str) -> None:
+def test_offline_error_names_url_file_and_remedy(tmp_path: Path, url: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Offline is reported as offline even on a full disk: free space is checked only once a
+    # server has answered, so this does not depend on the machine's free space.
+    monkeypatch.setattr("lavise.download._free_bytes", lambda directory: 0)
     dest = tmp_path / "downloads" / "train2017.zip"
     with pytest.raises(OfflineError) as caught:
-        fetch(url, dest, retries=3, sleep=lambda s: pytest.fail("offline must not retry"), **FAST)
+        fetch(url, dest, retries=3, size=19336861798, md5="cced6f7f71b7629ddf16f17bbcfab6b2",
+              sleep=lambda s: pytest.fail("offline must not retry"), **FAST)
     message = str(caught.value)
     assert url in message and str(dest.resolve()) in message
     assert "data.source: demo" in message and "\n" not in message
+    assert "verified against its published checksum" in message
     assert not dest.exists() and not dest.with_name("train2017.zip.part").exists()
+
+
+def test_offline_message_says_what_is_checked_without_checksum(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/objects_v1_2.json.zip"
+    with pytest.raises(OfflineError) as caught:
+        fetch(url, tmp_path / "objects_v1_2.json.zip", verify_zip=True, **FAST)
+    message = str(caught.value)
+    assert "no checksum or size is published" in message
+    assert "complete, readable zip archive will be checked" in message
+    assert "verified" not in message
+    with pytest.raises(OfflineError, match="its size \\(862182613 bytes\\) and that it is a complete"):
+        fetch(url, tmp_path / "glove.6B.zip", size=862182613, verify_zip=True, **FAST)
+    with pytest.raises(OfflineError, match="reused without verification"):
+        fetch(url, tmp_path / "other.bin", **FAST)
+
+
+def test_free_space_checked_once_server_answers(server, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    base, behaviour = server
+    data = _payload(5000)
+    behaviour.files["a.zip"] = data
+    free = {"bytes": 4999}
+    monkeypatch.setattr("lavise.download._free_bytes", lambda directory: free["bytes"])
+    with pytest.raises(DownloadError, match="4999 bytes free but a.zip needs 5000 more bytes") as caught:
+        fetch(base + "a.zip", tmp_path / "a.zip", retries=3,
+              sleep=lambda s: pytest.fail("a full disk must not be retried"), **FAST)
+    assert not isinstance(caught.value, OfflineError)
+    assert len(behaviour.requests) == 1 and list(tmp_path.iterdir()) == []
+    # A resumed transfer needs room only for the bytes still to come.
+    (tmp_path / "a.zip.part").write_bytes(data[:3000])
+    free["bytes"] = 2000
+    assert fetch(base + "a.zip", tmp_path / "a.zip", size=5000, **FAST).read_bytes() == data
+    assert behaviour.requests[-1]["range"] == "bytes=3000-"
+
+
+def test_free_space_uses_published_size_and_real_disk_usage(
+        server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import collections
+    import shutil
+
+    base, behaviour = server
+    behaviour.files["a.zip"] = _payload(5000)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
+    with pytest.raises(DownloadError, match="100 bytes free"):
+        fetch(base + "a.zip", tmp_path / "a.zip", size=5000, **FAST)
+    assert not (tmp_path / "a.zip.part").exists()
+
+
+def _zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_zip_problem_detects_truncation(tmp_path: Path) -> None:
+    data = _zip_bytes({"objects.json": _payload(20_000), "b.txt": b"b"})
+    path = tmp_path / "a.zip"
+    path.write_bytes(data)
+    assert zip_problem(path) is None
+    for cut in (len(data) - 1, len(data) // 2, 10):
+        path.write_bytes(data[:cut])
+        assert "not a complete" in zip_problem(path)
+    path.write_bytes(b"<html>404</html>")
+    assert "not a complete" in zip_problem(path)
+
+
+def test_truncated_zip_without_checksum_downloaded_again(server, tmp_path: Path) -> None:
+    base, behaviour = server
+    data = _zip_bytes({"objects.json": _payload(20_000)})
+    behaviour.files["objects_v1_2.json.zip"] = data
+    dest = tmp_path / "objects_v1_2.json.zip"
+    dest.write_bytes(data[: len(data) - 100])
+    assert fetch(base + dest.name, dest, verify_zip=True, **FAST).read_bytes() == data
+    assert len(behaviour.requests) == 1
+    behaviour.requests.clear()
+    fetch(base + dest.name, dest, verify_zip=True, **FAST)  # complete now: reused, no request
+    assert behaviour.requests == []
+
+
+def test_download_that_is_not_a_zip_rejected_without_checksum(server, tmp_path: Path) -> None:
+    base, behaviour = server
+    behaviour.files["images.zip"] = b"<html>maintenance</html>"
+    with pytest.raises(ChecksumError, match="images.zip .*corrupt.*not a complete, readable zip"):
+        fetch(base + "images.zip", tmp_path / "images.zip", verify_zip=True, **FAST)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _zip(path: Path, entries: dict[str, bytes]) -> Path:
@@ -293,6 +389,38 @@ def test_extract_selected_members_only(tmp_path: Path) -> None:
     assert [p.name for p in dest.rglob("*.json")] == ["instances_val2017.json"]
     with pytest.raises(DownloadError, match="lacks"):
         safe_extract_zip(archive, tmp_path / "other", members=["annotations/x.json"], progress=False)
+
+
+@pytest.mark.parametrize("member", ["objects.json", "objects_v1_2.json", "data/objects.json"])
+def test_sole_json_member_installed_under_fixed_name(tmp_path: Path, member: str) -> None:
+    archive = _zip(tmp_path / "objects_v1_2.json.zip", {"data/": b"", member: b"[1]"})
+    assert sole_member(archive, ".json") == member
+    written = safe_extract_zip(archive, tmp_path / "vg", members=[member],
+                               rename={member: "objects.json"}, progress=False)
+    assert written == [tmp_path / "vg" / "objects.json"]
+    assert [p.name for p in (tmp_path / "vg").rglob("*")] == ["objects.json"]
+    assert (tmp_path / "vg" / "objects.json").read_bytes() == b"[1]"
+
+
+def test_sole_member_refuses_none_or_several(tmp_path: Path) -> None:
+    several = _zip(tmp_path / "several.zip", {"objects.json": b"[]", "attributes.json": b"[]"})
+    with pytest.raises(DownloadError, match=r"exactly one \*\.json file but holds 2"):
+        sole_member(several, ".json")
+    none = _zip(tmp_path / "none.zip", {"readme.txt": b""})
+    with pytest.raises(DownloadError, match="holds none"):
+        sole_member(none, ".json")
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 nope")
+    with pytest.raises(DownloadError, match="not a readable zip"):
+        sole_member(broken, ".json")
+
+
+def test_rename_target_must_stay_inside(tmp_path: Path) -> None:
+    archive = _zip(tmp_path / "a.zip", {"objects.json": b"[]"})
+    with pytest.raises(UnsafeArchiveError):
+        safe_extract_zip(archive, tmp_path / "out", rename={"objects.json": "../evil.json"},
+                         progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evil.json").exists()
 
 
 def _symlink_zip(path: Path) -> Path:

@@ -145,27 +145,41 @@ def _direct(cache: dict, filters: list[int]) -> dict:
     masks = _crop_masks(cache)
     results: dict = {m: {"all": {}, "seen": {}, "unseen": {}} for m in evaluation.METHODS[:1] + evaluation.METHODS[2:]}
     results["netdissect"] = {"all": {}, "seen": {}, "unseen": {}}
+    results["netdissect_in_sample"] = {"all": {}}
+    results["labels"] = {}
     for u in filters:
         values = maps[:, u].ravel()
         threshold = np.float32(np.quantile(values, EVALUATE["quantile"]))
         maxima = maps[:, u].max(axis=(1, 2))
         order = sorted((r for r in range(N_IMAGES) if maxima[r] > 0), key=lambda r: (-maxima[r], r))[: EVALUATE["p"]]
         regions = [_bilinear(maps[r, u], CROP) > threshold for r in range(N_IMAGES)]
-        inter = {c[0]: 0.0 for c in CATEGORIES}
-        union = {c[0]: 0.0 for c in CATEGORIES}
-        for r in range(N_IMAGES):
-            present = dict(zip(*masks[r]))
-            for name in inter:
-                mask = present.get(name, np.zeros((CROP, CROP), dtype=bool))
-                inter[name] += (regions[r] & mask).sum()
-                union[name] += (regions[r] | mask).sum()
-        label = max(inter, key=lambda c: inter[c] / union[c] if union[c] else 0.0)
-        label_tokens = tokens_of[label] if inter[label] > 0 else set()
+
+        def label_of(rows: list[int]) -> tuple[str, set[str]]:
+            """NetDissect's label learned on ``rows``: highest dataset-wide IoU, tokens if any overlap."""
+            inter = {c[0]: 0.0 for c in CATEGORIES}
+            union = {c[0]: 0.0 for c in CATEGORIES}
+            for r in rows:
+                present = dict(zip(*masks[r]))
+                for name in inter:
+                    mask = present.get(name, np.zeros((CROP, CROP), dtype=bool))
+                    inter[name] += (regions[r] & mask).sum()
+                    union[name] += (regions[r] | mask).sum()
+            label = max(inter, key=lambda c: inter[c] / union[c] if union[c] else 0.0)
+            return (label, tokens_of[label]) if inter[label] > 0 else (None, set())
+
+        results["labels"][u] = label_of(list(range(N_IMAGES)))[0]
+        fold_tokens = [label_of([r for r in range(N_IMAGES) if r % 2 == fold])[1] for fold in (0, 1)]
         for r in order:
+            label_tokens = fold_tokens[1 - r % 2]  # learned on the half without image r
+            in_sample_truth = _truth(masks[r], regions[r])["all"]
+            if in_sample_truth:
+                tokens = tokens_of.get(results["labels"][u], set())
+                results["netdissect_in_sample"]["all"].setdefault(1, []).append(
+                    len(tokens & in_sample_truth) / len(in_sample_truth))
             truth = _truth(masks[r], regions[r])
             planted = cache["planted"][r]
             others = [WORDS[j] for j in range(EMB - 1, -1, -1)]
-            for method in results:
+            for method in [m for m in results if m not in ("labels", "netdissect_in_sample")]:
                 fires = method != "activation_masking" or (maps[r, u] > threshold).any()
                 ranked = [WORDS[planted]] + [w for w in others if w != WORDS[planted]] if fires else others
                 for split, gt in truth.items():
@@ -198,6 +212,11 @@ def evaluated(cache, tmp_path_factory) -> dict:
 def test_recall_matches_direct_computation(cache, evaluated) -> None:
     direct = _direct(cache, EVALUATE["filters"])
     assert direct["original_image"]["all"][1], "the synthetic cache must give scored pairs"
+    labels = direct.pop("labels")
+    in_sample = direct.pop("netdissect_in_sample")["all"][1]
+    assert evaluated["netdissect"]["in_sample"]["recall@1"] == pytest.approx(np.mean(in_sample), abs=2e-6)
+    assert evaluated["netdissect"]["in_sample"]["recall@1"] != evaluated["netdissect"]["recall@1"]
+    assert evaluated["netdissect"]["n_distinct_concepts"] == len({c for c in labels.values() if c is not None})
     for method, splits in direct.items():
         for s, values in splits["all"].items():
             assert evaluated[method][f"recall@{s}"] == pytest.approx(np.mean(values), abs=2e-6), (method, s)
@@ -258,6 +277,9 @@ def test_metrics_file_and_tables(cache, evaluated) -> None:
     assert 1 <= len(row["top_image_ids"]) <= EVALUATE["p"]
     assert row["words"][0] in WORDS and row["threshold"] > 0
     assert pd.read_csv(root / "results" / "explanations.csv").shape[0] == len(explanations)
+    for method in evaluation.METHODS:
+        first_words = {words[0] for words in explanations[explanations["method"] == method]["words"] if len(words)}
+        assert on_disk[method]["n_distinct_concepts"] == len(first_words), method
     filters = pq.read_table(root / "results" / "filters.parquet").to_pandas()
     assert set(filters["method"]) == {*evaluation.METHODS, "netdissect"}
     assert sorted(p.name for p in (root / "results" / "heatmaps").glob("*.png")) == ["filter_0016.png"]

@@ -36,6 +36,7 @@ def test_committed_params_are_valid() -> None:
         (("train", "optimizer"), "sgd", "allowed: dadapt_adam | adam"),
         (("features", "decode"), "gpu", "`features.decode` = 'gpu' is invalid; allowed: workers | device"),
         (("train", "epochs"), 0, "`train.epochs` = 0"),
+        (("train", "lr"), "1e-4", "YAML reads 1e-4 as text: write it with a dot, e.g. 1.0e-4, or as 0.0001"),
         (("train", "epochs"), 2.5, "`train.epochs` = 2.5"),
         (("evaluate", "top_s"), [10, 5], "strictly increasing"),
         (("evaluate", "filters"), [1, 1], "without repeated filter indices"),

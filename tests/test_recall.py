@@ -67,6 +67,132 @@ def test_threshold_rejects_nan() -> None:
         filter_thresholds(maps, 0.5, [0, 1, 2])
 
 
+def test_threshold_rejects_nan_and_inf_naming_every_filter(tmp_path) -> None:
+    maps = np.zeros((6, 5, 2, 2), dtype=np.float16)
+    maps[1, 2, 0, 0] = np.nan
+    maps[5, 4, 1, 1] = -np.inf
+    maps[3, 3, 0, 1] = np.inf  # not selected
+    with pytest.raises(ValueError, match=r"filter\(s\) \[4, 2\]"):
+        filter_thresholds(maps, 0.5, [4, 0, 2], memory_bytes=16, scratch_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the scratch file is removed on error too
+
+
+def _reference_thresholds(maps: np.ndarray, quantile: float, filters: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Naive reference: np.quantile (linear) in float64 per filter, float32 max per image."""
+    thresholds = [np.quantile(maps[:, f].astype(np.float64).ravel(), quantile, method="linear") for f in filters]
+    image_max = np.stack([maps[:, f].astype(np.float32).max(axis=(1, 2)) for f in filters], axis=1)
+    return np.array(thresholds).astype(np.float32), image_max
+
+
+def _spy_scratch(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, int], np.dtype]]:
+    """Record the scratch files filter_thresholds creates (path, shape, dtype)."""
+    from lavise import recall
+
+    calls = []
+
+    class Spy(recall._ScratchRows):
+        def __init__(self, path, shape, dtype) -> None:
+            calls.append((str(path), tuple(shape), np.dtype(dtype)))
+            super().__init__(path, shape, dtype)
+
+    monkeypatch.setattr(recall, "_ScratchRows", Spy)
+    return calls
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.5, 0.995, 1.0])
+@pytest.mark.parametrize("filters", [[7, 2, 3, 8, 0], [2, 3, 4, 5]])
+def test_threshold_bit_identical_to_numpy_quantile_scratch_and_chunks(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, quantile: float, filters: list[int]
+) -> None:
+    rng = np.random.default_rng(5)
+    # float16 with ties, negatives, exact zeros and a few large values
+    raw = rng.normal(size=(23, 9, 5, 3)) * rng.choice([0.01, 1.0, 300.0], size=(23, 9, 1, 1))
+    np.save(tmp_path / "maps.npy", np.where(raw < -0.5, 0.0, raw).astype(np.float16))
+    maps = np.load(tmp_path / "maps.npy", mmap_mode="r")
+    scratch_dir = tmp_path / "scratch"
+    scratch_dir.mkdir()
+    n_values = 23 * 5 * 3
+    memory = 2 * 4 * n_values + 7  # two filters per partition chunk: scratch path, several chunks
+    spy = _spy_scratch(monkeypatch)
+    thresholds, image_max = filter_thresholds(maps, quantile, filters, memory_bytes=memory, scratch_dir=scratch_dir)
+    expected_t, expected_max = _reference_thresholds(np.asarray(maps), quantile, filters)
+    assert thresholds.dtype == np.float32 and thresholds.shape == (len(filters),)
+    assert image_max.dtype == np.float32 and image_max.shape == (23, len(filters))
+    assert np.array_equal(thresholds.view(np.uint32), expected_t.view(np.uint32))  # bit for bit
+    assert np.array_equal(image_max, expected_max)
+    assert len(spy) == 1
+    path, shape, dtype = spy[0]
+    assert path.startswith(str(scratch_dir)) and shape == (len(filters), n_values) and dtype == np.float16
+    assert list(scratch_dir.iterdir()) == []  # removed on return
+    in_memory_t, in_memory_max = filter_thresholds(maps, quantile, filters, memory_bytes=1 << 30)
+    assert len(spy) == 1  # everything fits: no scratch file
+    assert np.array_equal(in_memory_t.view(np.uint32), thresholds.view(np.uint32))
+    assert np.array_equal(in_memory_max, image_max)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threshold_other_dtypes_compared_as_float32(tmp_path, monkeypatch: pytest.MonkeyPatch, dtype) -> None:
+    rng = np.random.default_rng(8)
+    maps = (rng.normal(size=(11, 5, 3, 3)) * 1e3).astype(dtype)
+    spy = _spy_scratch(monkeypatch)
+    thresholds, image_max = filter_thresholds(maps, 0.9, [4, 1, 2], memory_bytes=4 * 99, scratch_dir=tmp_path)
+    assert spy[0][1:] == ((3, 99), np.float32)
+    expected_t, expected_max = _reference_thresholds(maps.astype(np.float32), 0.9, [4, 1, 2])
+    assert np.array_equal(thresholds, expected_t) and np.array_equal(image_max, expected_max)
+    maps[3, 1, 0, 0] = 1e300 if dtype == np.float64 else np.inf  # overflows float32: rejected as before
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match=r"filter\(s\) \[1\]"):
+        filter_thresholds(maps, 0.9, [4, 1, 2], memory_bytes=4 * 99, scratch_dir=tmp_path)
+
+
+class _CountingMaps:
+    """Array-like [N, d, h, w] that records every read; reading it whole (np.asarray) fails."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.ndim, self.dtype = array, array.shape, array.ndim, array.dtype
+        self.reads: list[object] = []
+
+    def __getitem__(self, key):
+        self.reads.append(key[0] if isinstance(key, tuple) else key)
+        return np.array(self.array[key])
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole maps array was read at once")
+
+
+@pytest.mark.parametrize("filters", [[6, 1, 4], list(range(2, 7))])
+def test_threshold_reads_each_image_once_in_order(tmp_path, filters: list[int]) -> None:
+    rng = np.random.default_rng(6)
+    np.save(tmp_path / "maps.npy", rng.normal(size=(41, 8, 4, 4)).astype(np.float16))
+    maps = _CountingMaps(np.load(tmp_path / "maps.npy", mmap_mode="r"))
+    n_values = 41 * 16
+    memory = 4 * n_values  # one filter per partition chunk, a few images per read
+    thresholds, image_max = filter_thresholds(maps, 0.995, filters, memory_bytes=memory, scratch_dir=tmp_path)
+    assert all(isinstance(key, slice) and key.step is None for key in maps.reads)
+    starts, stops = [key.start for key in maps.reads], [key.stop for key in maps.reads]
+    assert len(maps.reads) > 3  # chunked over images, each image read exactly once, in order
+    assert starts == [0, *stops[:-1]] and stops[-1] == 41
+    expected_t, expected_max = _reference_thresholds(maps.array, 0.995, filters)
+    assert np.array_equal(thresholds, expected_t) and np.array_equal(image_max, expected_max)
+
+
+def test_threshold_memory_within_budget(tmp_path) -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    np.save(tmp_path / "maps.npy", np.maximum(rng.normal(size=(200, 16, 7, 7)), 0).astype(np.float16))
+    maps = np.load(tmp_path / "maps.npy", mmap_mode="r")
+    memory = 64 << 10  # the selection's float32 values take 627 KB: scratch path
+    filter_thresholds(maps, 0.995, [0], memory_bytes=memory, scratch_dir=tmp_path)  # one-time lazy imports
+    tracemalloc.start()
+    try:
+        filter_thresholds(maps, 0.995, list(range(16)), memory_bytes=memory, scratch_dir=tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    outputs = 200 * 16 * 4 + 16 * 4
+    assert peak <= memory * 5 // 4 + outputs + (16 << 10)
+
+
 def test_top_images_skip_nonpositive_and_stable_ties() -> None:
     image_max = np.array([[0.0, 3.0], [2.0, 3.0], [-1.0, 1.0], [2.0, 5.0]], dtype=np.float32)
     rows = top_images(image_max, 3)

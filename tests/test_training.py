@@ -131,6 +131,9 @@ def test_unseen_and_dropped_objects_are_excluded_and_counted(tiny_cache, trained
     _, config = load_explainer(out / "explainer")
     assert config["classes"] == ["alpha", "beta", "delta", "gamma"]
     assert (config["layer"], config["backbone"], config["embedding_dim"]) == ("layer4", "resnet18", 8)
+    trained_with = {key: config[key] for key in ("epochs", "patience", "lr_patience", "device", "dropout", "margin")}
+    assert trained_with == {"epochs": 12, "patience": 12, "lr_patience": 10, "device": "cpu", "dropout": 0.1,
+                            "margin": 1.0}
 
 
 def test_training_separates_clusters_and_keeps_best_val_loss(tiny_cache, trained):

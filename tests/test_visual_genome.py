@@ -277,3 +277,23 @@ def test_box_with_no_pixel_is_rejected_as_empty_mask(tmp_path: Path, wordnet: An
     )
     assert tables["rejected"].to_pylist() == [{"source_id": 1, "image_id": 1, "reason": "empty_mask"}]
     assert tables["objects"]["category"].to_pylist() == ["car.n.01"] and stats["after"]["objects"] == 1
+
+
+def test_check_image_files_catches_truncation_behind_a_valid_header(tmp_path: Path) -> None:
+    from lavise.annotation_tables import check_image_files
+
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    picture.save(tmp_path / "ok.jpg", quality=90)
+    picture.save(tmp_path / "ok.png")
+    jpeg, png = (tmp_path / "ok.jpg").read_bytes(), (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "padded.jpg").write_bytes(jpeg + b"\x00" * 300)
+    (tmp_path / "trailer.jpg").write_bytes(jpeg + b"camera trailer bytes")  # decodes: still ok
+    picture.save(tmp_path / "gif.gif")
+    names = ["ok.jpg", "ok.png", "cut.jpg", "cut.png", "padded.jpg", "trailer.jpg", "gif.gif", "absent.jpg"]
+    with Image.open(tmp_path / "cut.jpg") as image:
+        assert image.size == (60, 40)  # the header alone cannot tell
+    assert check_image_files(tmp_path, names).tolist() == [
+        "ok", "ok", "undecodable", "undecodable", "ok", "ok", "ok", "missing"]
