@@ -16,8 +16,9 @@ applies the same protocol to both, so COCO and VG cannot drift apart:
 5. images left without objects are dropped from ``images`` (counted, never silent);
 6. kept categories get a role: a ``seen_fraction`` sample without replacement is ``seen``, the
    rest ``unseen`` (COCO: all ``seen`` unless ``split_coco_categories``);
-7. the kept images' files are checked: absent -> ``missing``; PIL cannot read the header ->
-   ``undecodable`` (full decodes are the ``features`` stage's job).
+7. the kept images' files are checked: absent -> ``missing``; PIL cannot read the header, or
+   the file lacks its format's end marker and does not decode -> ``undecodable`` (a truncated
+   download is counted here; see :func:`check_image_files`).
 
 Every input record ends up either in exactly one object's ``source_ids`` or in ``rejected``;
 :func:`finish_tables` verifies that count before anything is written.
