@@ -136,3 +136,35 @@ def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
         assert params["params.yaml"]["backbone.weights"] == {"old": "target", "new": "none"}
     finally:
         run(["git", "checkout", "-q", "main"], demo_repo)
+
+
+def test_demo_cache_thresholds_and_top_images_link_up(demo_repo: Path) -> None:
+    """The real features -> evaluate link on the demo: cache rows are the right images under the
+    trained target model, and evaluate's T_u and top images follow from the cache by definition."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from lavise.backbones import build_feature_extractor
+    from lavise.images import decode_image, preprocess
+
+    params = yaml.safe_load((demo_repo / "params.yaml").read_text())
+    maps = np.load(demo_repo / "data" / "features" / "val_maps.npy", mmap_mode="r")
+    val_images = pd.read_parquet(demo_repo / "data" / "features" / "val_images.parquet")
+    images = pd.read_parquet(demo_repo / "data" / "annotations" / "images.parquet").set_index("image_id")
+    extractor = build_feature_extractor("resnet18", str(demo_repo / "models" / "target" / "model.safetensors"), "layer4")
+    for row in (0, len(val_images) - 1):
+        path = demo_repo / "data" / "raw" / params["dataset"] / images.loc[val_images["image_id"][row], "path"]
+        with torch.inference_mode():
+            direct = extractor(preprocess(decode_image(path), 256, 224)[None])[0].numpy()
+        np.testing.assert_allclose(maps[row].astype(np.float32), direct, rtol=1e-2, atol=1e-2)
+
+    explanations = pd.read_parquet(demo_repo / "results" / "explanations.parquet")
+    p, quantile = params["evaluate"]["p"], params["evaluate"]["quantile"]
+    for u in FAST_OVERRIDES[("evaluate", "filters")][:4]:
+        values = maps[:, u].astype(np.float32)
+        row = explanations[(explanations["filter"] == u) & (explanations["method"] == "filter_attention")].iloc[0]
+        assert row["threshold"] == pytest.approx(float(np.quantile(values.astype(np.float64), quantile)), rel=1e-6)
+        maxima = values.max(axis=(1, 2))
+        order = sorted((r for r in range(len(maxima)) if maxima[r] > 0), key=lambda r: (-maxima[r], r))[:p]
+        assert list(row["top_image_ids"]) == [int(val_images["image_id"][r]) for r in order]
