@@ -119,25 +119,6 @@ def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple
     assert stale_stages(demo_repo) == set()
 
 
-def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
-    run(["git", "checkout", "-q", "-b", "random-weights"], demo_repo)
-    try:
-        set_params(demo_repo, {("backbone", "weights"): "none"})
-        dvc("repro", cwd=demo_repo)
-        run(["git", "add", "-A"], demo_repo)
-        run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "random weights"], demo_repo)
-        metrics = json.loads(dvc("metrics", "diff", "main", "--json", cwd=demo_repo).stdout)
-        recall = metrics["metrics/recall.json"]
-        for s in (5, 10, 20):
-            assert f"filter_attention.recall@{s}" in recall
-            entry = recall[f"filter_attention.recall@{s}"]
-            assert set(entry) >= {"old", "new"}
-        params = json.loads(dvc("params", "diff", "main", "--json", cwd=demo_repo).stdout)
-        assert params["params.yaml"]["backbone.weights"] == {"old": "target", "new": "none"}
-    finally:
-        run(["git", "checkout", "-q", "main"], demo_repo)
-
-
 def test_demo_cache_thresholds_and_top_images_link_up(demo_repo: Path) -> None:
     """The real features -> evaluate link on the demo: cache rows are the right images under the
     trained target model, and evaluate's T_u and top images follow from the cache by definition."""
@@ -168,3 +149,23 @@ def test_demo_cache_thresholds_and_top_images_link_up(demo_repo: Path) -> None:
         maxima = values.max(axis=(1, 2))
         order = sorted((r for r in range(len(maxima)) if maxima[r] > 0), key=lambda r: (-maxima[r], r))[:p]
         assert list(row["top_image_ids"]) == [int(val_images["image_id"][r]) for r in order]
+
+
+def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
+    # Last in this module: it leaves the untracked outputs (data/features) of the other branch.
+    run(["git", "checkout", "-q", "-b", "random-weights"], demo_repo)
+    try:
+        set_params(demo_repo, {("backbone", "weights"): "none"})
+        dvc("repro", cwd=demo_repo)
+        run(["git", "add", "-A"], demo_repo)
+        run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "random weights"], demo_repo)
+        metrics = json.loads(dvc("metrics", "diff", "main", "--json", cwd=demo_repo).stdout)
+        recall = metrics["metrics/recall.json"]
+        for s in (5, 10, 20):
+            assert f"filter_attention.recall@{s}" in recall
+            entry = recall[f"filter_attention.recall@{s}"]
+            assert set(entry) >= {"old", "new"}
+        params = json.loads(dvc("params", "diff", "main", "--json", cwd=demo_repo).stdout)
+        assert params["params.yaml"]["backbone.weights"] == {"old": "target", "new": "none"}
+    finally:
+        run(["git", "checkout", "-q", "main"], demo_repo)
