@@ -259,6 +259,17 @@ def test_stage_script_skip_path_from_params(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m" / "target" / "config.json").read_text())["trained"] is False
 
 
+def test_stage_script_reports_bad_params_in_one_line(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["lr"] = "1e-4"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "stages.target"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: params.yaml: `train.lr` = '1e-4' is invalid")
+
+
 def test_without_val_images_training_completes_unscored(tiny_dataset: Path) -> None:
     torch.set_num_threads(1)
     data = load_multilabel_data(tiny_dataset / "annotations", tiny_dataset / "raw" / "demo")
