@@ -1,12 +1,13 @@
 """Benchmark of the VG annotation tables at the real dataset's size: seconds and peak RSS.
 
 Generates, in a child process (so its memory does not count), a synthetic ``objects.json`` +
-``image_data.json`` shaped like Visual Genome 1.4 (~108k images, ~2M objects, ~400 MB): Zipf-
-distributed real WordNet noun synsets, a few objects without synsets or with degenerate boxes,
-boxes partly outside the image. Then it times the VG table builder (parse, merge, split,
-filter, write) in this process and prints wall seconds and peak RSS (``ru_maxrss``).
-Image files are not generated: every image is ``missing``, so the PIL header check is not
-part of the figure. Target (issue 3): < 180 s and < 6 GB on 2 cores.
+``image_data.json`` shaped like Visual Genome 1.2 (~108k images, ~2M objects): Zipf-distributed
+real WordNet noun synsets, a few objects without synsets or with degenerate boxes, boxes partly
+outside the image, VG-sized object ids and merged-object lists. Every image gets a file (hard
+links to one small JPEG, plus 0.1% truncated copies), so the per-image file check, including the
+full decode of files without an end marker, is part of the figure. Then it times the VG table
+builder (parse, merge, split, filter, check files, write) in this process and prints wall seconds
+and peak RSS (``ru_maxrss``). Target (issue 3): < 180 s and < 6 GB on 2 cores.
 
     python -m benchmarks.bench_annotations [--images 108077] [--objects 2000000]
 """
@@ -42,6 +43,29 @@ def noun_synset_names(wordnet_root: Path, count: int) -> list[str]:
     return names
 
 
+LINKS_PER_FILE = 50_000
+
+
+def write_image_files(directory: Path, image_ids: np.ndarray, rng: np.random.Generator) -> None:
+    """images/<id>.jpg for every image: hard links to one small JPEG, 0.1% truncated copies."""
+    from PIL import Image
+
+    images = directory / "images"
+    images.mkdir()
+    template = directory / "template.jpg"
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(template, quality=90)
+    data = template.read_bytes()
+    for image_id in image_ids.tolist():
+        path = images / f"{image_id}.jpg"
+        if image_id % 1000 == 0:
+            path.write_bytes(data[:400])
+            continue
+        if image_id % LINKS_PER_FILE == 1:  # file systems cap hard links per file (ext4: 65,000)
+            template = directory / f"template_{image_id // LINKS_PER_FILE}.jpg"
+            template.write_bytes(data)
+        path.hardlink_to(template)
+
+
 def generate(directory: Path, wordnet_root: Path, n_images: int, n_objects: int, n_synsets: int, seed: int) -> None:
     """Write the synthetic image_data.json and objects.json into ``directory``."""
     rng = np.random.default_rng(seed)
@@ -55,6 +79,7 @@ def generate(directory: Path, wordnet_root: Path, n_images: int, n_objects: int,
         for i, w, h in zip(image_ids, widths, heights)
     ]
     (directory / "image_data.json").write_bytes(orjson.dumps(image_data))
+    write_image_files(directory, image_ids, rng)
     per_image = rng.multinomial(n_objects, rng.dirichlet(np.full(n_images, 4.0)))
     owner = np.repeat(np.arange(n_images), per_image)
     ranks = np.minimum(rng.zipf(1.3, n_objects), n_synsets) - 1
@@ -63,15 +88,18 @@ def generate(directory: Path, wordnet_root: Path, n_images: int, n_objects: int,
     w = rng.integers(0, 400, n_objects)
     h = rng.integers(0, 400, n_objects)
     no_synset = rng.random(n_objects) < 0.01
+    object_ids = 1_000_000 + np.cumsum(rng.integers(1, 3, n_objects))  # VG's ids run to ~5.6M, with gaps
+    merged = rng.random(n_objects) < 0.2
     entries, start = [], 0
     for image_index, count in enumerate(per_image.tolist()):
         objects = []
         for k in range(start, start + count):
             name = synsets[ranks[k]].split(".")[0]
             objects.append(
-                {"synsets": [] if no_synset[k] else [synsets[ranks[k]]], "h": int(h[k]), "object_id": k + 1,
-                 "merged_object_ids": [], "names": [name.replace("_", " ")], "w": int(w[k]), "y": int(y[k]),
-                 "x": int(x[k])}
+                {"synsets": [] if no_synset[k] else [synsets[ranks[k]]], "h": int(h[k]),
+                 "object_id": int(object_ids[k]),
+                 "merged_object_ids": [int(object_ids[k]) + 7_000_000] if merged[k] else [],
+                 "names": [name.replace("_", " ")], "w": int(w[k]), "y": int(y[k]), "x": int(x[k])}
             )
         entries.append({"image_id": int(image_ids[image_index]), "objects": objects,
                         "image_url": f"https://cs.stanford.edu/VG_100K/{image_ids[image_index]}.jpg"})
@@ -125,7 +153,8 @@ def main() -> None:
         f"VG tables: {args.objects} objects, {args.images} images: {finished - started:.1f} s "
         f"({loaded - started:.1f} s loading GloVe vocabulary + WordNet), peak RSS {peak_gb:.2f} GB; "
         f"{stats['after']['objects']} objects, {stats['after']['categories']} categories kept "
-        f"of {stats['before']['categories']}, {stats['after']['images']} images"
+        f"of {stats['before']['categories']}, {stats['after']['images']} images "
+        f"({stats['after']['images_undecodable']} undecodable, {stats['after']['images_missing']} missing)"
     )
 
 
