@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from lavise.annotation_tables import finish_tables, write_tables
-from lavise.embeddings import WordEmbeddings, build_from_pypi_50d
-from lavise.visual_genome import parse_visual_genome
-from lavise.wordnet import WORDNET_SUBDIR, install_offline, load_wordnet
+from lavise.data.annotation_tables import finish_tables, write_tables
+from lavise.data.embeddings import WordEmbeddings, build_from_pypi_50d
+from lavise.data.visual_genome import parse_visual_genome
+from lavise.data.wordnet import WORDNET_SUBDIR, install_offline, load_wordnet
 
 
 def noun_synset_names(wordnet_root: Path, count: int) -> list[str]:
@@ -74,8 +74,14 @@ def generate(directory: Path, wordnet_root: Path, n_images: int, n_objects: int,
     heights = rng.integers(200, 1025, n_images)
     image_ids = np.arange(1, n_images + 1)
     image_data = [
-        {"width": int(w), "height": int(h), "image_id": int(i), "url": f"https://cs.stanford.edu/VG_100K/{i}.jpg",
-         "coco_id": None, "flickr_id": int(i) * 7}
+        {
+            "width": int(w),
+            "height": int(h),
+            "image_id": int(i),
+            "url": f"https://cs.stanford.edu/VG_100K/{i}.jpg",
+            "coco_id": None,
+            "flickr_id": int(i) * 7,
+        }
         for i, w, h in zip(image_ids, widths, heights)
     ]
     (directory / "image_data.json").write_bytes(orjson.dumps(image_data))
@@ -96,13 +102,24 @@ def generate(directory: Path, wordnet_root: Path, n_images: int, n_objects: int,
         for k in range(start, start + count):
             name = synsets[ranks[k]].split(".")[0]
             objects.append(
-                {"synsets": [] if no_synset[k] else [synsets[ranks[k]]], "h": int(h[k]),
-                 "object_id": int(object_ids[k]),
-                 "merged_object_ids": [int(object_ids[k]) + 7_000_000] if merged[k] else [],
-                 "names": [name.replace("_", " ")], "w": int(w[k]), "y": int(y[k]), "x": int(x[k])}
+                {
+                    "synsets": [] if no_synset[k] else [synsets[ranks[k]]],
+                    "h": int(h[k]),
+                    "object_id": int(object_ids[k]),
+                    "merged_object_ids": [int(object_ids[k]) + 7_000_000] if merged[k] else [],
+                    "names": [name.replace("_", " ")],
+                    "w": int(w[k]),
+                    "y": int(y[k]),
+                    "x": int(x[k]),
+                }
             )
-        entries.append({"image_id": int(image_ids[image_index]), "objects": objects,
-                        "image_url": f"https://cs.stanford.edu/VG_100K/{image_ids[image_index]}.jpg"})
+        entries.append(
+            {
+                "image_id": int(image_ids[image_index]),
+                "objects": objects,
+                "image_url": f"https://cs.stanford.edu/VG_100K/{image_ids[image_index]}.jpg",
+            }
+        )
         start += count
     (directory / "objects.json").write_bytes(orjson.dumps(entries))
 

@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-import lavise.evaluation
-from lavise.evaluation import evaluate_explanations
-from lavise.explainer import Explainer, save_explainer
+import lavise.explain.evaluation
+from lavise.explain.evaluation import evaluate_explanations
+from lavise.models.explainer import Explainer, save_explainer
 
 CATEGORY_NAMES = [f"cat{i}" for i in range(60)]
 
@@ -42,33 +42,58 @@ def build_cache(root: Path, n_images: int, channels: int, vocab_size: int, emb_d
     annotations = root / "annotations"
     annotations.mkdir()
     roles = ["seen" if i % 10 < 7 else "unseen" for i in range(len(CATEGORY_NAMES))]
-    pq.write_table(pa.table({"category": CATEGORY_NAMES, "tokens": [[c] for c in CATEGORY_NAMES], "role": roles}),
-                   annotations / "categories.parquet")
+    pq.write_table(
+        pa.table({"category": CATEGORY_NAMES, "tokens": [[c] for c in CATEGORY_NAMES], "role": roles}),
+        annotations / "categories.parquet",
+    )
     images, objects = [], []
     for i in range(n_images):
         height, width = int(rng.integers(300, 500)), int(rng.integers(300, 500))
         images.append({"image_id": i, "path": f"images/{i}.jpg", "width": width, "height": height})
         for c in rng.choice(len(CATEGORY_NAMES), size=int(rng.integers(2, 9)), replace=False):
             w, h = rng.uniform(30, width), rng.uniform(30, height)
-            objects.append({"object_id": len(objects), "image_id": i, "category": CATEGORY_NAMES[c], "kind": "boxes",
-                            "rle": None, "boxes": [rng.uniform(0, width - w), rng.uniform(0, height - h), w, h]})
+            objects.append(
+                {
+                    "object_id": len(objects),
+                    "image_id": i,
+                    "category": CATEGORY_NAMES[c],
+                    "kind": "boxes",
+                    "rle": None,
+                    "boxes": [rng.uniform(0, width - w), rng.uniform(0, height - h), w, h],
+                }
+            )
     pq.write_table(pa.Table.from_pylist(images), annotations / "images.parquet")
-    pq.write_table(pa.Table.from_pylist(objects, schema=pa.schema([
-        ("object_id", pa.int64()), ("image_id", pa.int64()), ("category", pa.string()), ("kind", pa.string()),
-        ("rle", pa.string()), ("boxes", pa.list_(pa.float32()))])), annotations / "objects.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(
+            objects,
+            schema=pa.schema(
+                [
+                    ("object_id", pa.int64()),
+                    ("image_id", pa.int64()),
+                    ("category", pa.string()),
+                    ("kind", pa.string()),
+                    ("rle", pa.string()),
+                    ("boxes", pa.list_(pa.float32())),
+                ]
+            ),
+        ),
+        annotations / "objects.parquet",
+    )
     features = root / "features"
     features.mkdir()
     maps = np.maximum(rng.normal(-0.3, 1.0, size=(n_images, channels, 7, 7)), 0).astype(np.float16)
     np.save(features / "val_maps.npy", maps)
     (features / "meta.json").write_text(json.dumps({"channels": channels, "height": 7, "width": 7}))
-    pq.write_table(pa.table({"row": np.arange(n_images), "image_id": np.arange(n_images)}), features / "val_images.parquet")
+    pq.write_table(
+        pa.table({"row": np.arange(n_images), "image_id": np.arange(n_images)}), features / "val_images.parquet"
+    )
     torch.manual_seed(seed)
     save_explainer(Explainer(channels, emb_dim).eval(), {"class_tokens": CATEGORY_NAMES}, root / "explainer")
 
 
 def time_thresholds(timings: dict[str, float]) -> None:
     """Wrap the evaluate stage's ``filter_thresholds`` so its wall time lands in ``timings``."""
-    inner = lavise.evaluation.filter_thresholds
+    inner = lavise.explain.evaluation.filter_thresholds
 
     def timed(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
@@ -77,7 +102,7 @@ def time_thresholds(timings: dict[str, float]) -> None:
         finally:
             timings["thresholds"] = time.perf_counter() - start
 
-    lavise.evaluation.filter_thresholds = timed
+    lavise.explain.evaluation.filter_thresholds = timed
 
 
 def main() -> None:
@@ -97,23 +122,38 @@ def main() -> None:
         root = Path(tmp)
         build_cache(root, args.images, 512, args.vocab, 50, args.seed)
         evaluate = {
-            "p": args.p, "quantile": 0.995, "iou_threshold": 0.04, "top_s": [5, 10, 20], "vocabulary": "glove",
-            "filters": list(range(args.filters)), "image_masking_filters": [], "word_weighting": "activation",
-            "heatmap_filters": [], "batch_size": 256, "device": "cpu",
+            "p": args.p,
+            "quantile": 0.995,
+            "iou_threshold": 0.04,
+            "top_s": [5, 10, 20],
+            "vocabulary": "glove",
+            "filters": list(range(args.filters)),
+            "image_masking_filters": [],
+            "word_weighting": "activation",
+            "heatmap_filters": [],
+            "batch_size": 256,
+            "device": "cpu",
         }
         start = time.perf_counter()
         metrics = evaluate_explanations(
-            root / "features", root / "annotations", root / "explainer", root / "glove", root / "raw",
-            root / "recall.json", root / "results",
+            root / "features",
+            root / "annotations",
+            root / "explainer",
+            root / "glove",
+            root / "raw",
+            root / "recall.json",
+            root / "results",
             backbone={"name": "resnet18", "weights": "none", "layer": "layer4", "num_classes": None},
-            transform={"resize": 256, "crop": 224}, evaluate=evaluate,
+            transform={"resize": 256, "crop": 224},
+            evaluate=evaluate,
         )
         elapsed = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pairs = metrics["projection"]["n_pairs"]
     print(f"images={args.images} filters={args.filters} p={args.p} vocab={args.vocab} threads={args.threads}")
     print(f"elapsed {elapsed:.1f} s  ->  {args.filters / elapsed:.1f} filters/s  (scored pairs: {pairs})")
-    print(f"thresholds {timings['thresholds']:.2f} s (one pass over the {args.images * 512 * 49 * 2 / 2**20:.1f} MiB cache)")
+    cache_mib = args.images * 512 * 49 * 2 / 2**20
+    print(f"thresholds {timings['thresholds']:.2f} s (one pass over the {cache_mib:.1f} MiB cache)")
     print(f"peak RSS {peak_mib:.0f} MiB")
 
 

@@ -34,15 +34,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmarks.memory import PeakMemory
-from lavise.backbones import build_feature_extractor
-from lavise.feature_cache import (
+from lavise.data.images import normalize
+from lavise.features.cache import (
     ImageObjectsDataset,
     _batch_images_on_device,
     _prepare_tables,
     build_feature_cache,
     collate_images,
 )
-from lavise.images import normalize
+from lavise.models.backbones import build_feature_extractor
 
 
 def generate_dataset(root: Path, n_images: int, seed: int) -> tuple[Path, Path]:
@@ -58,23 +58,49 @@ def generate_dataset(root: Path, n_images: int, seed: int) -> tuple[Path, Path]:
         detail = rng.integers(0, 40, (height, width, 3), dtype=np.uint8)
         pixels = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR)) + detail
         Image.fromarray(pixels).save(raw / f"{image_id:06d}.jpg", quality=90)
-        image_rows.append({"image_id": image_id, "path": f"{image_id:06d}.jpg", "width": width,
-                           "height": height, "split": "val" if image_id % 2 else "train", "status": "ok"})
+        image_rows.append(
+            {
+                "image_id": image_id,
+                "path": f"{image_id:06d}.jpg",
+                "width": width,
+                "height": height,
+                "split": "val" if image_id % 2 else "train",
+                "status": "ok",
+            }
+        )
         for k in range(3):
             x, y = float(rng.integers(0, width // 2)), float(rng.integers(0, height // 2))
-            object_rows.append({"object_id": len(object_rows), "image_id": image_id, "category": f"c{k}",
-                                "kind": "boxes", "rle": None, "boxes": [x, y, width / 3, height / 3]})
+            object_rows.append(
+                {
+                    "object_id": len(object_rows),
+                    "image_id": image_id,
+                    "category": f"c{k}",
+                    "kind": "boxes",
+                    "rle": None,
+                    "boxes": [x, y, width / 3, height / 3],
+                }
+            )
     pq.write_table(pa.Table.from_pylist(image_rows), annotations / "images.parquet")
-    objects = pa.Table.from_pylist(object_rows, schema=pa.schema([
-        ("object_id", pa.int64()), ("image_id", pa.int64()), ("category", pa.string()),
-        ("kind", pa.string()), ("rle", pa.string()), ("boxes", pa.list_(pa.float32())),
-    ]))
+    objects = pa.Table.from_pylist(
+        object_rows,
+        schema=pa.schema(
+            [
+                ("object_id", pa.int64()),
+                ("image_id", pa.int64()),
+                ("category", pa.string()),
+                ("kind", pa.string()),
+                ("rle", pa.string()),
+                ("boxes", pa.list_(pa.float32())),
+            ]
+        ),
+    )
     pq.write_table(objects, annotations / "objects.parquet")
     return raw, annotations
 
 
-def _dataset(raw: Path, annotations: Path, resize: int, crop: int, grid: tuple[int, int],
-             decode: str = "workers") -> ImageObjectsDataset:
+def _dataset(
+    raw: Path, annotations: Path, resize: int, crop: int, grid: tuple[int, int], decode: str = "workers"
+) -> ImageObjectsDataset:
     images, objects, offsets, _ = _prepare_tables(annotations)
     return ImageObjectsDataset(images, objects, offsets, raw, resize, crop, grid, decode=decode)
 
@@ -90,12 +116,27 @@ def decode_rate(raw: Path, annotations: Path, resize: int, crop: int, grid: tupl
     return len(dataset) / (time.perf_counter() - started)
 
 
-def pipeline_rate(raw: Path, annotations: Path, resize: int, crop: int, grid: tuple[int, int], decode: str,
-                  workers: int, batch_size: int, device: torch.device) -> float:
+def pipeline_rate(
+    raw: Path,
+    annotations: Path,
+    resize: int,
+    crop: int,
+    grid: tuple[int, int],
+    decode: str,
+    workers: int,
+    batch_size: int,
+    device: torch.device,
+) -> float:
     """(a), all workers: the stage's DataLoader and device-side decoding, without the model."""
     dataset = _dataset(raw, annotations, resize, crop, grid, decode)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_images,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
     started = time.perf_counter()
     for batch in loader:
         _batch_images_on_device(batch, device, resize, crop)
@@ -104,12 +145,23 @@ def pipeline_rate(raw: Path, annotations: Path, resize: int, crop: int, grid: tu
     return len(dataset) / (time.perf_counter() - started)
 
 
-def backbone_rate(name: str, layer: str, raw: Path, annotations: Path, resize: int, crop: int,
-                  batch_size: int, grid: tuple[int, int], device: torch.device) -> float:
+def backbone_rate(
+    name: str,
+    layer: str,
+    raw: Path,
+    annotations: Path,
+    resize: int,
+    crop: int,
+    batch_size: int,
+    grid: tuple[int, int],
+    device: torch.device,
+) -> float:
     """(b): normalise + forward + pooling on batches already decoded and on the device."""
     dataset = _dataset(raw, annotations, resize, crop, grid)
-    batches = [collate_images([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-               for start in range(0, len(dataset), batch_size)]
+    batches = [
+        collate_images([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        for start in range(0, len(dataset), batch_size)
+    ]
     batches = [(batch["images"].to(device), batch["grids"].to(device)) for batch in batches]
     extractor = build_feature_extractor(name, "none", layer).to(device, memory_format=torch.channels_last)
     use_autocast = device.type == "cuda"
@@ -143,10 +195,16 @@ def stage_peak_memory(root: Path, n_images: int, args: argparse.Namespace, name:
     """The whole stage on ``n_images`` generated images in a fresh process: its peak memory."""
     raw, annotations = generate_dataset(root / f"memory_{n_images}", n_images, args.seed)
     kwargs = {
-        "annotations_dir": annotations, "raw_dir": raw, "out_dir": root / f"memory_{n_images}" / "features",
+        "annotations_dir": annotations,
+        "raw_dir": raw,
+        "out_dir": root / f"memory_{n_images}" / "features",
         "backbone": {"name": name, "weights": "none", "layer": args.layer, "num_classes": None},
-        "transform": {"resize": args.resize, "crop": args.crop}, "batch_size": args.batch_size,
-        "num_workers": args.workers, "device": args.device, "chunk_images": 256, "decode": args.decode[0],
+        "transform": {"resize": args.resize, "crop": args.crop},
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "device": args.device,
+        "chunk_images": 256,
+        "decode": args.decode[0],
         "threads": args.threads,
     }
     context = multiprocessing.get_context("spawn")
@@ -184,9 +242,11 @@ def main() -> None:
                 for n_images in args.memory:
                     measured = stage_peak_memory(Path(tmp), n_images, args, name)
                     peak = measured["peak"]
-                    print(f"{name} {args.layer}, {n_images:6d} images ({measured['images'] / measured['seconds']:.1f} "
-                          f"images/s): main process peak RssAnon {peak['RssAnon'] / 1024:7.1f} MiB, "
-                          f"VmHWM {peak['VmHWM'] / 1024:7.1f} MiB")
+                    print(
+                        f"{name} {args.layer}, {n_images:6d} images ({measured['images'] / measured['seconds']:.1f} "
+                        f"images/s): main process peak RssAnon {peak['RssAnon'] / 1024:7.1f} MiB, "
+                        f"VmHWM {peak['VmHWM'] / 1024:7.1f} MiB"
+                    )
         return
     with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
         raw, annotations = generate_dataset(Path(tmp), args.images, args.seed)
@@ -201,18 +261,25 @@ def main() -> None:
             print(f"{name} {args.layer}: (b) backbone on {device.type} {b:8.1f} images/s")
             for decode in args.decode:
                 result = build_feature_cache(
-                    annotations, raw, Path(tmp) / f"features_{name}_{decode}",
+                    annotations,
+                    raw,
+                    Path(tmp) / f"features_{name}_{decode}",
                     backbone={"name": name, "weights": "none", "layer": args.layer, "num_classes": None},
-                    transform={"resize": args.resize, "crop": args.crop}, batch_size=args.batch_size,
-                    num_workers=args.workers, device=args.device, chunk_images=256, decode=decode,
+                    transform={"resize": args.resize, "crop": args.crop},
+                    batch_size=args.batch_size,
+                    num_workers=args.workers,
+                    device=args.device,
+                    chunk_images=256,
+                    decode=decode,
                 )
                 c = result["images_computed"] / result["seconds"]
                 if device.type == "cpu":
                     bound, rule = 1.0 / (1.0 / a_one + 1.0 / b), "serial bound 1/(1/a+1/b)"
                 else:
                     bound, rule = min(a_all[decode], b), "min(a all workers, b)"
-                print(f"  decode={decode}: (c) stage {c:8.1f} images/s | {rule} {bound:8.1f} | "
-                      f"c/bound {c / bound:6.1%}")
+                print(
+                    f"  decode={decode}: (c) stage {c:8.1f} images/s | {rule} {bound:8.1f} | c/bound {c / bound:6.1%}"
+                )
 
 
 if __name__ == "__main__":

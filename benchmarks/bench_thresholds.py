@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.memory import PeakMemory
-from lavise.recall import filter_thresholds
+from lavise.metrics.recall import filter_thresholds
 
 
 class CountingMaps:
@@ -60,7 +60,10 @@ def main() -> None:
         with PeakMemory() as peak:
             before = peak.peak["RssAnon"]
             thresholds, _ = filter_thresholds(
-                counting, args.quantile, np.arange(args.channels), memory_bytes=args.budget_mib << 20,
+                counting,
+                args.quantile,
+                np.arange(args.channels),
+                memory_bytes=args.budget_mib << 20,
                 scratch_dir=tmp,
             )
         seconds = time.perf_counter() - started
@@ -69,8 +72,10 @@ def main() -> None:
         exact = bool(np.all(thresholds[sample] == np.float32(reference)))
     size_gb = np.prod(shape) * 2 / 1e9
     print(f"cache {shape} float16 = {size_gb:.2f} GB, budget {args.budget_mib} MiB")
-    print(f"filter_thresholds: {seconds:.1f} s, image axis read {counting.rows_read / args.images:.2f} times, "
-          f"equal to np.quantile on 8 filters: {exact}")
+    print(
+        f"filter_thresholds: {seconds:.1f} s, image axis read {counting.rows_read / args.images:.2f} times, "
+        f"equal to np.quantile on 8 filters: {exact}"
+    )
     print(f"peak RssAnon added: {(peak.peak['RssAnon'] - before) / 1024:.0f} MiB")
 
 

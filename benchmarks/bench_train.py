@@ -33,8 +33,9 @@ from benchmarks.memory import PeakMemory
 log = logging.getLogger("bench_train")
 
 
-def build_random_cache(root: Path, n_train: int, n_val: int, dim: int, n_categories: int,
-                       emb_dim: int, seed: int, chunk_rows: int = 65_536) -> dict[str, Path]:
+def build_random_cache(
+    root: Path, n_train: int, n_val: int, dim: int, n_categories: int, emb_dim: int, seed: int, chunk_rows: int = 65_536
+) -> dict[str, Path]:
     """Write a random cache in the contract layout, in chunks (memory flat in n_train)."""
     rng = np.random.default_rng(seed)
     features, annotations, glove = root / "features", root / "annotations", root / "glove"
@@ -42,28 +43,42 @@ def build_random_cache(root: Path, n_train: int, n_val: int, dim: int, n_categor
         directory.mkdir(parents=True, exist_ok=True)
     categories = [f"category{i:03d}" for i in range(n_categories)]
     for split, n in (("train", n_train), ("val", n_val)):
-        vectors = np.lib.format.open_memmap(features / f"{split}_vectors.npy", mode="w+",
-                                            dtype=np.float16, shape=(n, dim))
+        vectors = np.lib.format.open_memmap(
+            features / f"{split}_vectors.npy", mode="w+", dtype=np.float16, shape=(n, dim)
+        )
         for start in range(0, n, chunk_rows):
             stop = min(start + chunk_rows, n)
             vectors[start:stop] = np.abs(rng.standard_normal((stop - start, dim), dtype=np.float32))
         vectors.flush()
         del vectors
         category_codes = rng.integers(0, n_categories, n)
-        pq.write_table(pa.table({
-            "row": np.arange(n, dtype=np.int64),
-            "object_id": np.arange(n, dtype=np.int64),
-            "image_id": np.arange(n, dtype=np.int64) // 7,
-            "category": pa.DictionaryArray.from_arrays(category_codes.astype(np.int32), categories).cast(pa.string()),
-            "coverage": np.full(n, 0.25, dtype=np.float32),
-        }), features / f"{split}_objects.parquet")
-    (features / "meta.json").write_text(json.dumps(
-        {"backbone": "random", "weights": "none", "layer": "layer4", "channels": dim}))
-    pq.write_table(pa.table({
-        "category": categories,
-        "tokens": [[f"word{i:03d}"] for i in range(n_categories)],
-        "role": ["seen"] * n_categories,
-    }), annotations / "categories.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "row": np.arange(n, dtype=np.int64),
+                    "object_id": np.arange(n, dtype=np.int64),
+                    "image_id": np.arange(n, dtype=np.int64) // 7,
+                    "category": pa.DictionaryArray.from_arrays(category_codes.astype(np.int32), categories).cast(
+                        pa.string()
+                    ),
+                    "coverage": np.full(n, 0.25, dtype=np.float32),
+                }
+            ),
+            features / f"{split}_objects.parquet",
+        )
+    (features / "meta.json").write_text(
+        json.dumps({"backbone": "random", "weights": "none", "layer": "layer4", "channels": dim})
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "category": categories,
+                "tokens": [[f"word{i:03d}"] for i in range(n_categories)],
+                "role": ["seen"] * n_categories,
+            }
+        ),
+        annotations / "categories.parquet",
+    )
     word_vectors = rng.standard_normal((n_categories, emb_dim)).astype(np.float32)
     np.save(glove / "vectors.npy", word_vectors / np.linalg.norm(word_vectors, axis=1, keepdims=True))
     pq.write_table(pa.table({"word": [f"word{i:03d}" for i in range(n_categories)]}), glove / "vocab.parquet")
@@ -71,25 +86,38 @@ def build_random_cache(root: Path, n_train: int, n_val: int, dim: int, n_categor
 
 
 def train_settings(batch_size: int, device: str) -> dict[str, Any]:
-    return dict(hidden_dim=None, dropout=0.1, margin=1.0, optimizer="dadapt_adam", lr=1.0,
-                batch_size=batch_size, epochs=1, patience=1, seed=0, device=device)
+    return dict(
+        hidden_dim=None,
+        dropout=0.1,
+        margin=1.0,
+        optimizer="dadapt_adam",
+        lr=1.0,
+        batch_size=batch_size,
+        epochs=1,
+        patience=1,
+        seed=0,
+        device=device,
+    )
 
 
 def one_epoch(paths: dict[str, Path], out: Path, batch_size: int, device: str) -> dict[str, Any]:
     """One epoch of the `train` stage (train pass + validation + writing) on ``paths``."""
-    from lavise.training import train_explainer
+    from lavise.training.explainer import train_explainer
 
     started = time.perf_counter()
     metrics = train_explainer(
-        paths["features"], paths["annotations"], paths["glove"], out / "explainer",
-        metrics_path=out / "train.json", history_path=out / "history.csv",
+        paths["features"],
+        paths["annotations"],
+        paths["glove"],
+        out / "explainer",
+        metrics_path=out / "train.json",
+        history_path=out / "history.csv",
         **train_settings(batch_size, device),
     )
     return {"seconds": time.perf_counter() - started, "metrics": metrics}
 
 
-def _epoch_in_child(paths: dict[str, Path], out: Path, batch_size: int, device: str,
-                    threads: int, queue: Any) -> None:
+def _epoch_in_child(paths: dict[str, Path], out: Path, batch_size: int, device: str, threads: int, queue: Any) -> None:
     torch.set_num_threads(threads)
     with PeakMemory() as peak:
         result = one_epoch(paths, out, batch_size, device)
@@ -102,22 +130,26 @@ def bench_cache(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        paths = build_random_cache(root, args.rows, args.val_rows, args.dim, args.categories,
-                                   args.emb_dim, seed=0)
+        paths = build_random_cache(root, args.rows, args.val_rows, args.dim, args.categories, args.emb_dim, seed=0)
         size_mib = (paths["features"] / "train_vectors.npy").stat().st_size / 2**20
-        print(f"built cache {args.rows} x {args.dim} float16 ({size_mib:.0f} MiB) + val {args.val_rows} "
-              f"in {time.perf_counter() - started:.1f} s")
+        print(
+            f"built cache {args.rows} x {args.dim} float16 ({size_mib:.0f} MiB) + val {args.val_rows} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
         context = multiprocessing.get_context("spawn")  # a fresh process: its peak RSS is the epoch's
         queue = context.Queue()
-        child = context.Process(target=_epoch_in_child,
-                                args=(paths, root / "out", args.batch_size, args.device, args.threads, queue))
+        child = context.Process(
+            target=_epoch_in_child, args=(paths, root / "out", args.batch_size, args.device, args.threads, queue)
+        )
         child.start()
         result = queue.get()
         child.join()
         peak = result["peak_kib"]
-        print(f"one epoch ({result['metrics']['n_train']} train + {result['metrics']['n_val']} val samples, "
-              f"{result['metrics']['n_classes']} classes, batch {args.batch_size}, "
-              f"{result['metrics']['device']}, {args.threads} threads): {result['seconds']:.1f} s")
+        print(
+            f"one epoch ({result['metrics']['n_train']} train + {result['metrics']['n_val']} val samples, "
+            f"{result['metrics']['n_classes']} classes, batch {args.batch_size}, "
+            f"{result['metrics']['device']}, {args.threads} threads): {result['seconds']:.1f} s"
+        )
         print(f"peak RSS (getrusage ru_maxrss): {result['ru_maxrss_kib'] / 1024:.0f} MiB")
         print(f"peak RssAnon (process-owned memory, sampled): {peak.get('RssAnon', 0) / 1024:.0f} MiB")
         print(f"peak RssFile (page-cache-backed mapping, sampled): {peak.get('RssFile', 0) / 1024:.0f} MiB")
@@ -127,22 +159,24 @@ def bench_fact2023(args: argparse.Namespace) -> None:
     """Our stage's epoch against FACT2023's per-annotation epoch, same samples, same process."""
     import pandas as pd
 
-    from lavise.backbones import build_feature_extractor, pool_features
-    from lavise.explainer import Explainer, hinge_rank_loss
-    from lavise.geometry import mask_to_grid, masks_to_crop
-    from lavise.images import decode_image, preprocess
+    from lavise.data.geometry import mask_to_grid, masks_to_crop
+    from lavise.data.images import decode_image, preprocess
+    from lavise.data.masks import image_object_masks
     from lavise.io import read_json
-    from lavise.masks import image_object_masks
-    from lavise.params import load_params
-    from lavise.training import load_class_vectors, load_classes, make_optimizer
+    from lavise.models.backbones import build_feature_extractor, pool_features
+    from lavise.models.explainer import Explainer, hinge_rank_loss
+    from lavise.training.explainer import load_class_vectors, load_classes, make_optimizer
+    from stages.params import load_params
 
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
     paths = {"features": args.features, "annotations": args.annotations, "glove": args.glove}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         ours = one_epoch(paths, Path(tmp), args.batch_size, args.device)
-    print(f"our stage, one epoch ({ours['metrics']['n_train']} train + {ours['metrics']['n_val']} val "
-          f"samples, includes loading, validation and saving): {ours['seconds']:.2f} s")
+    print(
+        f"our stage, one epoch ({ours['metrics']['n_train']} train + {ours['metrics']['n_val']} val "
+        f"samples, includes loading, validation and saving): {ours['seconds']:.2f} s"
+    )
 
     meta = read_json(args.features / "meta.json")
     resize, crop = params["transform"]["resize"], params["transform"]["crop"]
@@ -164,7 +198,7 @@ def bench_fact2023(args: argparse.Namespace) -> None:
     raw_dir = args.raw / params["dataset"]
     started = time.perf_counter()
     for start in range(0, len(timed), args.batch_size):
-        batch = objects.iloc[timed[start:start + args.batch_size]]
+        batch = objects.iloc[timed[start : start + args.batch_size]]
         crops, grids = [], []
         for _, annotation in batch.iterrows():  # the per-annotation scheme this stage replaces
             image_info = images.loc[annotation["image_id"]]
@@ -185,8 +219,10 @@ def bench_fact2023(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     per_epoch = elapsed / len(timed) * n_annotations
     scope = "measured" if len(timed) == n_annotations else f"extrapolated from {len(timed)} annotations"
-    print(f"FACT2023 per-annotation scheme, one epoch over {n_annotations} annotations "
-          f"({scope}, train pass only): {per_epoch:.2f} s")
+    print(
+        f"FACT2023 per-annotation scheme, one epoch over {n_annotations} annotations "
+        f"({scope}, train pass only): {per_epoch:.2f} s"
+    )
     print(f"ratio (FACT2023 epoch / our epoch): {per_epoch / ours['seconds']:.1f}x")
 
 
@@ -207,10 +243,15 @@ def main() -> None:
     parser.add_argument("--annotations", type=Path, default=Path("data/annotations"))
     parser.add_argument("--glove", type=Path, default=Path("data/raw/glove"))
     parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--weights", default="none",
-                        help="fact2023: backbone weights (timing does not depend on their values)")
-    parser.add_argument("--max-annotations", type=int, default=2048,
-                        help="fact2023: annotations timed; the epoch is extrapolated beyond them")
+    parser.add_argument(
+        "--weights", default="none", help="fact2023: backbone weights (timing does not depend on their values)"
+    )
+    parser.add_argument(
+        "--max-annotations",
+        type=int,
+        default=2048,
+        help="fact2023: annotations timed; the epoch is extrapolated beyond them",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.mode == "cache":

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lavise.annotation_tables import build_annotation_tables
-from lavise.cli import start_stage
+from lavise.data.annotation_tables import build_annotation_tables
+from stages.cli import start_stage
 
 
 def main() -> None:

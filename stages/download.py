@@ -1,10 +1,10 @@
-"""`download` stage: every raw input into data/raw/ per params.yaml (see lavise/sources.py)."""
+"""`download` stage: every raw input into data/raw/ per params.yaml (see lavise/data/sources.py)."""
 
 from __future__ import annotations
 
-from lavise.cli import start_stage
-from lavise.download import DownloadError
-from lavise.sources import prepare_raw_data
+from lavise.data.download import DownloadError
+from lavise.data.sources import prepare_raw_data
+from stages.cli import start_stage
 
 
 def main() -> None:
@@ -12,8 +12,12 @@ def main() -> None:
     data = params["data"]
     try:
         prepare_raw_data(
-            args.raw, args.downloads, source=data["source"], datasets=data["datasets"],
-            glove_dim=data["glove_dim"], demo_seed=data["demo_seed"],
+            args.raw,
+            args.downloads,
+            source=data["source"],
+            datasets=data["datasets"],
+            glove_dim=data["glove_dim"],
+            demo_seed=data["demo_seed"],
         )
     except DownloadError as error:
         raise SystemExit(f"download failed: {error}") from None

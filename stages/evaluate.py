@@ -1,10 +1,10 @@
-"""`evaluate` stage: explain every filter, score each method with recall@s (see lavise/evaluation.py)."""
+"""`evaluate` stage: explain every filter, score each method with recall@s (see lavise/explain/evaluation.py)."""
 
 from __future__ import annotations
 
-from lavise.backbones import resolve_weights
-from lavise.cli import start_stage
-from lavise.evaluation import evaluate_explanations
+from lavise.explain.evaluation import evaluate_explanations
+from lavise.models.backbones import resolve_weights
+from stages.cli import start_stage
 
 
 def main() -> None:
@@ -21,8 +21,16 @@ def main() -> None:
     )
     backbone = {**params["backbone"], "weights": resolve_weights(params["backbone"]["weights"], args.target_model)}
     evaluate_explanations(
-        args.features, args.annotations, args.explainer, args.glove, args.raw / params["dataset"],
-        args.metrics, args.results, backbone=backbone, transform=params["transform"], evaluate=params["evaluate"],
+        args.features,
+        args.annotations,
+        args.explainer,
+        args.glove,
+        args.raw / params["dataset"],
+        args.metrics,
+        args.results,
+        backbone=backbone,
+        transform=params["transform"],
+        evaluate=params["evaluate"],
     )
 
 

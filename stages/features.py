@@ -1,10 +1,10 @@
-"""`features` stage: one forward pass of the frozen CNN per image, cached (lavise/feature_cache.py)."""
+"""`features` stage: one forward pass of the frozen CNN per image, cached (lavise/features/cache.py)."""
 
 from __future__ import annotations
 
-from lavise.backbones import resolve_weights
-from lavise.cli import start_stage
-from lavise.feature_cache import build_feature_cache
+from lavise.features.cache import build_feature_cache
+from lavise.models.backbones import resolve_weights
+from stages.cli import start_stage
 
 
 def main() -> None:
@@ -17,8 +17,12 @@ def main() -> None:
     )
     backbone = {**params["backbone"], "weights": resolve_weights(params["backbone"]["weights"], args.target_model)}
     build_feature_cache(
-        args.annotations, args.raw / params["dataset"], args.out,
-        backbone=backbone, transform=params["transform"], **params["features"],
+        args.annotations,
+        args.raw / params["dataset"],
+        args.out,
+        backbone=backbone,
+        transform=params["transform"],
+        **params["features"],
     )
 
 

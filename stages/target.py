@@ -1,12 +1,12 @@
-"""`target` stage: train the target CNN on the reference dataset (see lavise/target_model.py).
+"""`target` stage: train the target CNN on the reference dataset (see lavise/training/target.py).
 
 Runs only when `backbone.weights` is `target`; otherwise it records that nothing was trained.
 """
 
 from __future__ import annotations
 
-from lavise.cli import start_stage
-from lavise.target_model import run_target_stage
+from lavise.training.target import run_target_stage
+from stages.cli import start_stage
 
 
 def main() -> None:
@@ -18,9 +18,15 @@ def main() -> None:
         metrics="metrics/target.json",
     )
     run_target_stage(
-        args.annotations, args.raw, args.out, args.metrics,
-        dataset=params["dataset"], backbone=params["backbone"], target=params["target"],
-        transform=params["transform"], num_workers=params["features"]["num_workers"],
+        args.annotations,
+        args.raw,
+        args.out,
+        args.metrics,
+        dataset=params["dataset"],
+        backbone=params["backbone"],
+        target=params["target"],
+        transform=params["transform"],
+        num_workers=params["features"]["num_workers"],
         device=params["features"]["device"],
     )
 

@@ -1,9 +1,9 @@
-"""`train` stage: the LaViSE explainer from the feature cache (see lavise/training.py)."""
+"""`train` stage: the LaViSE explainer from the feature cache (see lavise/training/explainer.py)."""
 
 from __future__ import annotations
 
-from lavise.cli import start_stage
-from lavise.training import train_explainer
+from lavise.training.explainer import train_explainer
+from stages.cli import start_stage
 
 
 def main() -> None:
@@ -17,8 +17,13 @@ def main() -> None:
         history="plots/train_history.csv",
     )
     train_explainer(
-        args.features, args.annotations, args.glove, args.out,
-        metrics_path=args.metrics, history_path=args.history, **params["train"],
+        args.features,
+        args.annotations,
+        args.glove,
+        args.out,
+        metrics_path=args.metrics,
+        history_path=args.history,
+        **params["train"],
     )
 
 

@@ -15,7 +15,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture(scope="session")
 def wordnet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real WordNet 3.0, installed offline once per session (an NLTK data directory)."""
-    from lavise.wordnet import install_offline
+    from lavise.data.wordnet import install_offline
 
     root = tmp_path_factory.mktemp("nltk_data")
     install_offline(root)
@@ -25,6 +25,6 @@ def wordnet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def wordnet(wordnet_root: Path) -> Any:
     """An NLTK WordNet reader over ``wordnet_root`` (loading the index takes seconds: share it)."""
-    from lavise.wordnet import load_wordnet
+    from lavise.data.wordnet import load_wordnet
 
     return load_wordnet(wordnet_root)

@@ -1,0 +1,2 @@
+"""Raw sources, downloads, the demo, COCO and Visual Genome, annotation tables, images, transforms,
+word embeddings, WordNet."""

@@ -1,0 +1,581 @@
+"""HTTP download with Range resume, bounded retries and checksums, and safe zip extraction.
+
+The official archives are tens of gigabytes on links that drop, so a transfer must survive being
+cut (resume from the ``.part`` file), never leave a file at its final name unless it verified, and
+fail with an actionable message when the machine is offline. Archives without a published checksum
+(Visual Genome) are at least checked to be complete, readable zips before they are kept or reused.
+Free disk space is checked once the server has answered (an offline machine gets the offline
+message, not a disk-space one), before the first byte is written. Extraction refuses archive members
+that would escape the destination (``..``, absolute paths, drive letters, symlinks) and writes
+into a temporary sibling first, so a failed extraction leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import stat
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from lavise.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+USER_AGENT = "lavise-pipeline/1.0 (+https://github.com/YuYang0901/LaViSE reproduction)"
+DIGEST_SIDECAR_SUFFIX = ".digests.json"
+VALIDATOR_SUFFIX = ".validator"
+_OFFLINE_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.ENETDOWN,
+    errno.EHOSTDOWN,
+    errno.EADDRNOTAVAIL,
+}
+_DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+
+
+class DownloadError(RuntimeError):
+    """A download or extraction could not be completed."""
+
+
+class OfflineError(DownloadError):
+    """The host of a URL cannot be reached at all (DNS failure, refused, no route)."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded file does not match its published checksum or size."""
+
+
+class UnsafeArchiveError(DownloadError):
+    """An archive holds a member that would be written outside the destination."""
+
+
+class _RetryableError(Exception):
+    """Internal: a transient failure (5xx, reset, short read) worth another attempt."""
+
+
+def _digests_one_pass(path: Path, progress: bool) -> dict[str, str]:
+    """sha256 and md5 in a single read of the file (hashing 19 GB twice costs minutes)."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    size = path.stat().st_size
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"verify {path.name}",
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
+        while chunk := f.read(CHUNK_BYTES):
+            sha256.update(chunk)
+            md5.update(chunk)
+            bar.update(len(chunk))
+    return {"sha256": sha256.hexdigest(), "md5": md5.hexdigest()}
+
+
+def file_digests(path: str | os.PathLike[str], *, progress: bool = False) -> dict[str, str | int]:
+    """``{"size", "sha256", "md5"}`` of a file, cached in a sidecar keyed by size and mtime.
+
+    Re-running the download stage must not re-hash every archive; the sidecar is trusted only
+    while the file's size and modification time are unchanged (the same rule DVC uses).
+    """
+    path = Path(path)
+    stat_result = path.stat()
+    sidecar = path.with_name(path.name + DIGEST_SIDECAR_SUFFIX)
+    if sidecar.exists():
+        try:
+            cached = json.loads(sidecar.read_text())
+            unchanged = (cached.get("size"), cached.get("mtime_ns")) == (stat_result.st_size, stat_result.st_mtime_ns)
+            if unchanged:
+                return {"size": cached["size"], "sha256": cached["sha256"], "md5": cached["md5"]}
+        except (ValueError, KeyError):
+            log.warning("ignoring unreadable digest cache %s", sidecar)
+    digests = _digests_one_pass(path, progress)
+    record = {"size": stat_result.st_size, "mtime_ns": stat_result.st_mtime_ns, **digests}
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps(record, sort_keys=True))
+    return {"size": stat_result.st_size, **digests}
+
+
+def zip_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete, readable zip archive, or None when it is.
+
+    Reads only the end-of-central-directory record and the central directory (a second or so for
+    the 108k-member Visual Genome image zips, no data decompressed), so a truncated or cut
+    download, or an HTML error page saved under a zip name, is caught. Corruption inside a member's
+    data is caught later by the CRC check during extraction.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        return f"not a complete, readable zip archive ({error})"
+    if not infos:
+        return "not a complete zip archive (no members)"
+    file_size = path.stat().st_size
+    overrun = [i.filename for i in infos if i.header_offset + i.compress_size > file_size]
+    if overrun:
+        return f"not a complete zip archive (member {overrun[0]!r} runs past the end of the file)"
+    return None
+
+
+def _mismatches(
+    path: Path, sha256: str | None, md5: str | None, size: int | None, progress: bool, verify_zip: bool = False
+) -> list[str]:
+    """Human-readable list of what does not match; empty when the file verifies.
+
+    Without a published checksum, ``verify_zip`` adds the zip structure check of
+    :func:`zip_problem` (with a checksum that check would add nothing).
+    """
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        return [f"size: expected {size} bytes, got {actual_size}"]
+    if sha256 is None and md5 is None:
+        problem = zip_problem(path) if verify_zip else None
+        return [problem] if problem else []
+    digests = file_digests(path, progress=progress)
+    problems = []
+    if sha256 is not None and digests["sha256"] != sha256.lower():
+        problems.append(f"sha256: expected {sha256.lower()}, got {digests['sha256']}")
+    if md5 is not None and digests["md5"] != md5.lower():
+        problems.append(f"md5: expected {md5.lower()}, got {digests['md5']}")
+    return problems
+
+
+def verification_phrase(*, checksum: bool, size: int | None, verify_zip: bool) -> str:
+    """What will be checked before a file placed by hand is reused (for the offline message)."""
+    if checksum:
+        return "it will be verified against its published checksum and reused"
+    checks = []
+    if size is not None:
+        checks.append(f"its size ({size} bytes)")
+    if verify_zip:
+        checks.append("that it is a complete, readable zip archive")
+    published = "no checksum is published" if size is not None else "no checksum or size is published"
+    if not checks:
+        return f"{published}, so it will be reused without verification"
+    return f"{published}, so only {' and '.join(checks)} will be checked before it is reused"
+
+
+def offline_message(
+    url: str, dest: Path, reason: object, *, verification: str = "it will be verified and reused"
+) -> str:
+    """The one paragraph a user sees when a host is unreachable: what, where, and what to do."""
+    return (
+        f"Could not download {url} to {dest.resolve()}: the host cannot be reached ({reason}). "
+        f"This machine seems to be offline or cannot reach that server. Either download the file "
+        f"by other means and place it at exactly {dest.resolve()} ({verification}), "
+        f"then re-run `dvc repro download`; or set `data.source: demo` in params.yaml to use the "
+        f"embedded offline demo instead."
+    )
+
+
+def _is_offline(reason: BaseException | str) -> bool:
+    if isinstance(reason, socket.gaierror):
+        return True
+    if isinstance(reason, ConnectionRefusedError):
+        return True
+    return isinstance(reason, OSError) and reason.errno in _OFFLINE_ERRNOS
+
+
+def _remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _content_range_total(header: str | None) -> int | None:
+    """Total length from ``Content-Range: bytes a-b/N`` or ``bytes */N``; None when unknown."""
+    if not header or "/" not in header:
+        return None
+    total = header.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
+
+
+def _content_range_start(header: str | None) -> int | None:
+    match = re.match(r"\s*bytes\s+(\d+)-", header or "")
+    return int(match.group(1)) if match else None
+
+
+def _remember_validator(validator_file: Path, headers: Mapping[str, str]) -> None:
+    """Keep the ETag (or Last-Modified) of a fresh transfer for ``If-Range`` on resume.
+
+    With ``If-Range`` a server whose file changed since the cut sends the whole new file instead
+    of splicing new bytes onto old ones, which matters for archives without a published checksum.
+    """
+    validator = headers.get("ETag") or headers.get("Last-Modified")
+    if validator and not validator.startswith("W/"):
+        validator_file.write_text(validator)
+    else:
+        validator_file.unlink(missing_ok=True)
+
+
+def _transfer_once(url: str, part: Path, *, size: int | None, timeout_s: float, progress: bool) -> None:
+    """One HTTP request that appends to ``part`` (or restarts it); raises on any failure.
+
+    Returns normally only when the response body was received in full.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset > size:
+        log.warning("%s is longer than the expected %d bytes; restarting", part, size)
+        part.unlink()
+        offset = 0
+    if size is not None and offset == size:
+        return
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    validator_file = part.with_name(part.name + VALIDATOR_SUFFIX)
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if validator_file.exists():
+            headers["If-Range"] = validator_file.read_text().strip()
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as error:
+        error.close()
+        if error.code == 416 and offset:
+            total = _content_range_total(error.headers.get("Content-Range"))
+            if total == offset or (total is None and size == offset):
+                return
+            log.warning("server refused the resume of %s at byte %d; restarting", part, offset)
+            part.unlink()
+            raise _RetryableError(f"HTTP 416 at offset {offset}") from error
+        if error.code >= 500 or error.code in (408, 429):
+            raise _RetryableError(f"HTTP {error.code} {error.reason}") from error
+        raise DownloadError(f"HTTP {error.code} {error.reason} for {url}") from error
+    with response:
+        status = response.status
+        mode = "ab"
+        on_disk = offset
+        if offset and status == 200:
+            log.warning("server ignored the Range request for %s; restarting from byte 0", url)
+            offset, mode = 0, "wb"
+        elif status == 206 and _content_range_start(response.headers.get("Content-Range")) != offset:
+            raise _RetryableError(f"unexpected Content-Range {response.headers.get('Content-Range')}")
+        elif status not in (200, 206):
+            raise DownloadError(f"unexpected HTTP status {status} for {url}")
+        if mode == "wb" or not offset:
+            _remember_validator(validator_file, response.headers)
+        length_header = response.headers.get("Content-Length")
+        expected_body = int(length_header) if length_header and length_header.isdigit() else None
+        total = offset + expected_body if expected_body is not None else size
+        if total is not None:
+            # Checked only now that the server answered: offline must read as offline.
+            _ensure_room(part, total - on_disk)
+        received = 0
+        with (
+            open(part, mode) as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name.removesuffix(".part"),
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
+            while chunk := response.read(CHUNK_BYTES):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        if expected_body is not None and received < expected_body:
+            raise _RetryableError(f"short read: {received} of {expected_body} bytes")
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    size: int | None = None,
+    retries: int = 5,
+    backoff_s: float = 1.0,
+    timeout_s: float = 60.0,
+    progress: bool = True,
+    verify_zip: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
+    """Download ``url`` to ``dest`` unless ``dest`` already verifies; return ``dest``.
+
+    Bytes go to ``dest.name + ".part"`` and are resumed with a Range request after a cut; the
+    file is renamed onto ``dest`` only after its size and checksums match. When no checksum is
+    published the sha256 is computed and cached (see :func:`file_digests`) for the manifest, and
+    ``verify_zip`` requires the file (an existing ``dest`` as well as a fresh download) to be a
+    complete, readable zip archive (see :func:`zip_problem`).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        problems = _mismatches(dest, sha256, md5, size, progress, verify_zip)
+        if not problems:
+            log.info(
+                "reusing %s (%s)",
+                dest,
+                "checksum verified"
+                if sha256 or md5
+                else "no published checksum; " + ("complete zip" if verify_zip else "not verified"),
+            )
+            return dest
+        log.warning("existing %s does not verify (%s); downloading it again", dest, "; ".join(problems))
+    part = dest.with_name(dest.name + ".part")
+    verification = verification_phrase(checksum=sha256 is not None or md5 is not None, size=size, verify_zip=verify_zip)
+    connected_once = False
+    last_error: BaseException | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            delay = backoff_s * 2 ** (attempt - 1)
+            log.warning("retrying %s in %.1fs (attempt %d of %d): %s", url, delay, attempt + 1, retries + 1, last_error)
+            sleep(delay)
+        try:
+            _transfer_once(url, part, size=size, timeout_s=timeout_s, progress=progress)
+            break
+        except _RetryableError as error:
+            connected_once = True
+            last_error = error
+        except urllib.error.URLError as error:
+            if _is_offline(error.reason) and not connected_once:
+                raise OfflineError(offline_message(url, dest, error.reason, verification=verification)) from error
+            last_error = error
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            if _is_offline(error) and not connected_once:
+                raise OfflineError(offline_message(url, dest, error, verification=verification)) from error
+            connected_once = True
+            last_error = error
+    else:
+        raise DownloadError(
+            f"giving up on {url} after {retries + 1} attempts "
+            f"(partial data kept in {part} for the next run): {last_error}"
+        )
+    part.with_name(part.name + VALIDATOR_SUFFIX).unlink(missing_ok=True)
+    problems = _mismatches(part, sha256, md5, size, progress, verify_zip)
+    if problems:
+        _remove_quietly(part, part.with_name(part.name + DIGEST_SIDECAR_SUFFIX))
+        raise ChecksumError(f"{dest.name} downloaded from {url} is corrupt and was deleted: " + "; ".join(problems))
+    os.replace(part, dest)
+    sidecar = part.with_name(part.name + DIGEST_SIDECAR_SUFFIX)
+    if sidecar.exists():
+        os.replace(sidecar, dest.with_name(dest.name + DIGEST_SIDECAR_SUFFIX))
+    if sha256 is None and md5 is None:
+        file_digests(dest, progress=progress)
+    log.info("downloaded %s (%d bytes)", dest, dest.stat().st_size)
+    return dest
+
+
+def _free_bytes(directory: Path) -> int:
+    """Free bytes on the filesystem of ``directory`` (a seam for tests)."""
+    return shutil.disk_usage(directory).free
+
+
+def _ensure_room(part: Path, needed: int) -> None:
+    """Fail before writing a transfer that cannot fit, rather than hours later with a full disk.
+
+    Called once the server has answered, with the bytes still to come (from Content-Length, or
+    the published size), so an unreachable host is reported as offline whatever the free space.
+    """
+    if needed <= 0:
+        return
+    free = _free_bytes(part.parent)
+    if needed > free:
+        raise DownloadError(
+            f"{part.parent} has {free} bytes free but {part.name.removesuffix('.part')} needs "
+            f"{needed} more bytes; free some space or put the downloads folder on a larger disk "
+            f"(e.g. a symlink for data/downloads), then re-run `dvc repro download`"
+        )
+
+
+def _member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a member is unsafe to extract, or None when it is safe."""
+    name = info.filename
+    normalised = name.replace("\\", "/")
+    if normalised.startswith("/"):
+        return "absolute path"
+    if _DRIVE_LETTER.match(normalised):
+        return "drive letter"
+    if ".." in PurePosixPath(normalised).parts:
+        return "'..' component"
+    if "\x00" in name:
+        return "NUL byte in name"
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    return None
+
+
+def _is_under(name: str, prefix: str) -> bool:
+    """Whether a member is the folder ``prefix`` (ending in "/") or lies inside it."""
+    return (name.replace("\\", "/").rstrip("/") + "/").startswith(prefix)
+
+
+def _relative_target(name: str, strip_prefix: str | None) -> PurePosixPath | None:
+    """Path of a member inside the destination, or None for the stripped folder itself."""
+    normalised = name.replace("\\", "/")
+    if strip_prefix is not None:
+        prefix = strip_prefix.rstrip("/") + "/"
+        if normalised.rstrip("/") + "/" == prefix:
+            return None
+        normalised = normalised[len(prefix) :]
+    parts = [p for p in PurePosixPath(normalised).parts if p not in ("", ".")]
+    return PurePosixPath(*parts) if parts else None
+
+
+def sole_member(archive: Path, suffix: str) -> str:
+    """The name of the one file member of ``archive`` ending in ``suffix``; DownloadError otherwise.
+
+    For archives whose inner file name is not fixed by the publisher (Visual Genome's
+    ``objects_v1_2.json.zip``): any single ``*.json`` member is accepted, wherever it lies.
+    """
+    archive = Path(archive)
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            names = [i.filename for i in zipped.infolist() if not i.is_dir()]
+    except zipfile.BadZipFile as error:
+        raise DownloadError(
+            f"{archive} is not a readable zip archive: {error}; delete it to download it again"
+        ) from error
+    matching = [
+        n for n in names if n.lower().endswith(suffix.lower()) and not n.replace("\\", "/").startswith("__MACOSX/")
+    ]
+    if len(matching) != 1:
+        found = f"{len(matching)}: {matching[:5]}" if matching else "none"
+        raise DownloadError(
+            f"{archive} should hold exactly one *{suffix} file but holds {found} (all members: "
+            f"{names[:10]}{' ...' if len(names) > 10 else ''}); unexpected archive layout: check "
+            f"that the file at {archive} is the right one, or delete it to download it again"
+        )
+    return matching[0]
+
+
+def safe_extract_zip(
+    archive: Path,
+    dest_dir: Path,
+    *,
+    strip_prefix: str | None = None,
+    members: Collection[str] | None = None,
+    rename: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Extract ``archive`` into ``dest_dir`` after checking every member; return the files written.
+
+    All members are validated before a byte is written. Files are extracted into a temporary
+    directory beside ``dest_dir`` and then moved in: ``dest_dir`` is renamed into place when it
+    does not exist yet, otherwise the files are merged into it (an existing file is never
+    overwritten). ``strip_prefix`` drops a leading folder (``"VG_100K_2/"``); ``members`` limits
+    extraction to those member names, each of which must be present. ``rename`` maps a member name
+    to the relative path it is written to instead (``{"objects_v1_2.json": "objects.json"}``).
+    """
+    archive, dest_dir = Path(archive), Path(dest_dir)
+    try:
+        zip_file = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as error:
+        raise DownloadError(f"{archive} is not a readable zip archive: {error}") from error
+    with zip_file:
+        infos = zip_file.infolist()
+        unsafe = [(i.filename, why) for i in infos if (why := _member_problem(i))]
+        if unsafe:
+            listed = ", ".join(f"{name!r} ({why})" for name, why in unsafe[:5])
+            raise UnsafeArchiveError(
+                f"refusing to extract {archive}: {len(unsafe)} unsafe member(s): {listed}; nothing was written"
+            )
+        if members is not None:
+            wanted = set(members)
+            missing = sorted(wanted - {i.filename for i in infos})
+            if missing:
+                raise DownloadError(f"{archive} lacks the expected member(s) {missing}")
+            infos = [i for i in infos if i.filename in wanted]
+        if strip_prefix is not None:
+            prefix = strip_prefix.rstrip("/") + "/"
+            outside = [i.filename for i in infos if not _is_under(i.filename, prefix)]
+            if outside:
+                raise DownloadError(
+                    f"{archive}: {len(outside)} member(s) are not under "
+                    f"{prefix!r}, e.g. {outside[:3]}; unexpected archive layout"
+                )
+        renamed = {}
+        for name, target in (rename or {}).items():
+            if (why := _member_problem(zipfile.ZipInfo(target))) or not _relative_target(target, None):
+                raise UnsafeArchiveError(
+                    f"refusing to extract {name!r} of {archive} to {target!r} ({why or 'empty path'})"
+                )
+            renamed[name] = _relative_target(target, None)
+        targets = [
+            (
+                info,
+                renamed[info.filename] if info.filename in renamed else _relative_target(info.filename, strip_prefix),
+            )
+            for info in infos
+        ]
+        files = [(info, rel) for info, rel in targets if rel is not None and not info.is_dir()]
+        seen: set[PurePosixPath] = set()
+        for _, rel in files:
+            if rel in seen:
+                raise DownloadError(f"{archive} holds {rel} twice")
+            seen.add(rel)
+        needed = sum(info.file_size for info, _ in files)
+        dest_dir.parent.mkdir(parents=True, exist_ok=True)
+        free = _free_bytes(dest_dir.parent)
+        if needed > free:
+            raise DownloadError(f"extracting {archive} needs {needed} bytes, {dest_dir.parent} has {free} free")
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".extract", dir=dest_dir.parent))
+        try:
+            for info, rel in tqdm(
+                files, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False
+            ):
+                target = staging.joinpath(*rel.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with zip_file.open(info) as source, open(target, "wb") as out:
+                        shutil.copyfileobj(source, out, CHUNK_BYTES)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+                    raise DownloadError(
+                        f"{archive} is corrupt at member {info.filename!r}: {error}; delete it to download it again"
+                    ) from error
+            for info, rel in targets:
+                if rel is not None and info.is_dir():
+                    staging.joinpath(*rel.parts).mkdir(parents=True, exist_ok=True)
+            written = [dest_dir.joinpath(*rel.parts) for _, rel in files]
+            _move_into_place(staging, dest_dir, written)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    log.info("extracted %d files from %s into %s", len(written), archive.name, dest_dir)
+    return written
+
+
+def _move_into_place(staging: Path, dest_dir: Path, written: list[Path]) -> None:
+    """Rename the staging tree onto ``dest_dir``, or merge it in without overwriting anything."""
+    if not dest_dir.exists():
+        os.replace(staging, dest_dir)
+        return
+    clashes = [p for p in written if p.exists()]
+    if clashes:
+        raise DownloadError(f"refusing to overwrite {len(clashes)} existing file(s) in {dest_dir}, e.g. {clashes[:3]}")
+    for root, _dirs, names in os.walk(staging):
+        relative = Path(root).relative_to(staging)
+        (dest_dir / relative).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            os.replace(Path(root) / name, dest_dir / relative / name)
+    shutil.rmtree(staging)

@@ -1,0 +1,193 @@
+"""Robust image decoding and the deterministic evaluation transform.
+
+Reference datasets contain grayscale, CMYK, PNG-files-named-.jpg and the odd corrupt or
+truncated file. One bad file must not stop a stage that runs for hours, so decoding either
+returns an RGB uint8 tensor or raises ``UndecodableImageError`` that callers record and skip.
+torchvision's libjpeg-turbo decoder is tried first (about twice as fast as PIL); PIL is the
+fallback for formats or variants torchvision rejects.
+
+On a GPU, decoding can instead run batched on the device (nvJPEG through torchvision). nvJPEG
+takes a narrower set of files than libjpeg-turbo and is less forgiving of damage, so only files
+whose header ``device_decodable_size`` accepts are sent there; everything else, and anything
+the device decoder still refuses, goes through ``decode_bytes`` exactly as on the CPU path.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.io as tvio
+from PIL import Image, UnidentifiedImageError
+
+from lavise.data.geometry import transform_geometry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UndecodableImageError(Exception):
+    """The file exists but holds no image that either decoder can read completely."""
+
+
+def _decode_with_torchvision(data: bytes) -> torch.Tensor:
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities.*")
+        return tvio.decode_image(buffer, mode=tvio.ImageReadMode.RGB)
+
+
+def _decode_with_pil(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        rgb = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+def _reason(error: Exception) -> str:
+    """The message of a torchvision C++ error without its source-file location."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return re.sub(r"^\w+, \S+:\d+, ", "", lines[0])[:200]
+
+
+def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Decode ``path`` to an RGB uint8 tensor ``[3, H, W]`` (EXIF orientation not applied).
+
+    Orientation is left as stored because annotation coordinates refer to the stored pixels.
+    Raises ``FileNotFoundError`` for a missing file and ``UndecodableImageError`` for an empty,
+    corrupt or truncated one.
+    """
+    return decode_bytes(Path(path).read_bytes(), str(path))
+
+
+def decode_bytes(data: bytes, label: str) -> torch.Tensor:
+    """``decode_image`` on a file's bytes; ``label`` (the path) starts every error message."""
+    if not data:
+        raise UndecodableImageError(f"{label}: empty file")
+    try:
+        return _decode_with_torchvision(data)
+    except (RuntimeError, ValueError) as torchvision_error:
+        try:
+            return _decode_with_pil(data)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as pil_error:
+            raise UndecodableImageError(
+                f"{label}: torchvision: {_reason(torchvision_error)}; PIL: {pil_error}"
+            ) from pil_error
+
+
+# What a complete file of each format ends with, before any zero padding: JPEG's end-of-image
+# marker, PNG's IEND chunk. A truncated file keeps its header but loses its ending.
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def ends_complete(tail: bytes, image_format: str | None) -> bool:
+    """Whether ``tail`` (the last bytes of a file) ends with ``image_format``'s end marker.
+
+    False for formats without a known marker, and for files with trailing bytes after it (they
+    may still decode: callers decode those to decide).
+    """
+    marker = END_MARKERS.get(image_format or "")
+    return marker is not None and tail.rstrip(b"\x00").endswith(marker)
+
+
+# Start-of-frame markers nvJPEG decodes: baseline, extended sequential and progressive Huffman.
+# Lossless, hierarchical and arithmetic-coded frames go to the CPU decoders.
+_DEVICE_FRAMES = {0xC0, 0xC1, 0xC2}
+_OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}
+
+
+def device_decodable_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) if ``data`` is a complete JPEG the batched device decoder can take, else None.
+
+    Accepted: starts with SOI, ends with EOI (a truncated file has none), one baseline, extended
+    or progressive Huffman frame of 1 (grey) or 3 (YCbCr) components, no Adobe APP14 segment
+    (CMYK, YCCK and untransformed RGB carry one). Reading only the marker segments costs
+    microseconds, so workers route files without decoding them.
+    """
+    if len(data) < 4 or data[:2] != b"\xff\xd8" or not ends_complete(data, "JPEG"):
+        return None
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker == 0xFF:
+            offset += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            offset += 2
+            continue
+        (length,) = struct.unpack(">H", data[offset + 2 : offset + 4])
+        segment = data[offset + 4 : offset + 2 + length]
+        if length < 2 or len(segment) != length - 2 or marker in (0xD9, 0xDA):
+            return None
+        if marker == 0xEE and segment.startswith(b"Adobe"):
+            return None
+        if marker in _OTHER_FRAMES:
+            return None
+        if marker in _DEVICE_FRAMES:
+            if len(segment) < 6:
+                return None
+            height, width = struct.unpack(">HH", segment[1:5])
+            components = segment[5]
+            if components not in (1, 3) or height == 0 or width == 0:
+                return None
+            return height, width
+        offset += 2 + length
+    return None
+
+
+def decode_jpegs_on_device(
+    encoded: list[torch.Tensor], labels: list[str], device: torch.device
+) -> list[torch.Tensor | UndecodableImageError]:
+    """Decode JPEG byte tensors to RGB uint8 ``[3, H, W]`` on ``device``, batched (nvJPEG on CUDA).
+
+    torchvision's batched call fails as a whole if one image fails, so a failed batch is retried
+    image by image, and an image the device decoder refuses is decoded by ``decode_bytes`` and
+    moved to ``device``. The result is, per input, a tensor or the ``UndecodableImageError`` of
+    the CPU decoders, so a file is undecodable here exactly when it is on the CPU path.
+    """
+    if not encoded:
+        return []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities.*")
+        try:
+            return list(tvio.decode_jpeg(encoded, mode=tvio.ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            pass
+        results: list[torch.Tensor | UndecodableImageError] = []
+        for data, label in zip(encoded, labels):
+            try:
+                results.append(tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                try:
+                    results.append(decode_bytes(data.numpy().tobytes(), label).to(device))
+                except UndecodableImageError as error:
+                    results.append(error)
+    return results
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet mean/std normalisation of float images in [0, 1] (``[..., 3, H, W]``)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def preprocess(img_uint8: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+    """Resize -> centre-crop -> normalise an RGB uint8 image to float ``[3, crop, crop]``.
+
+    The geometry runs on uint8 (torchvision's fast path) through the same
+    ``transform_geometry`` the masks use.
+    """
+    if img_uint8.dtype != torch.uint8 or img_uint8.ndim != 3 or img_uint8.shape[0] != 3:
+        raise ValueError(f"expected an RGB uint8 image [3, H, W], got {img_uint8.dtype} {tuple(img_uint8.shape)}")
+    cropped = transform_geometry(img_uint8, resize, crop)
+    return normalize(cropped.to(torch.float32) / 255.0)

@@ -1,0 +1,304 @@
+"""Visual Genome ``objects.json`` + ``image_data.json`` -> merged objects, categories, rejections.
+
+Decisions (LAVISE.md §5; the shared filtering and splits are in `lavise.data.annotation_tables`):
+
+- An object's category is its FIRST WordNet synset, canonicalised through NLTK
+  (``wordnet.synset(name).name()``), so names sharing a synset merge ("car" and "automobile"
+  are both ``car.n.01``) and a non-canonical synset name merges with its canonical one.
+- A category's embedding tokens come from the synset's lemma names (lower-cased: GloVe 6B is
+  uncased), in WordNet order, the head lemma first: the first lemma that is present in the
+  vocabulary, where a multiword lemma ("traffic_light") is present when each of its
+  parts is, and then gives all its parts as tokens (averaged downstream like COCO's multiword
+  names). So traffic_light.n.01 -> ["traffic", "light"] (its head lemma, as COCO names it),
+  not "stoplight". A synset with no such lemma is dropped as ``not_in_embedding``. FACT2023 cut
+  at the first "_" (traffic_light.n.01 -> "traffic"); we never do.
+- Boxes are clipped to the image (counted as ``clipped_boxes``); rejected records, first
+  matching reason wins: ``unknown_image`` (image id absent from image_data.json),
+  ``invalid_image_size`` (its image has a missing or non-positive size), ``no_synset``,
+  ``unknown_synset`` (not in WordNet 3.0),
+  ``degenerate_box`` (non-finite coordinates, or width or height <= 0 after clipping).
+- All instances of one category in one image become ONE object whose mask is the union of the
+  clipped boxes (``lavise.data.masks`` rasterisation); ``area`` is that union's pixel count and
+  ``source_ids`` the VG object ids, sorted.
+- The image path is ``images/<basename of url>`` (the download merges VG_100K and VG_100K_2),
+  or ``images/<image_id>.jpg`` when the url is absent.
+
+Parsing uses orjson when installed (stdlib json otherwise); after parsing, everything is numpy
+and pyarrow columns: no per-object Python except the attribute extraction itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from nltk.corpus.reader.wordnet import WordNetError
+
+from lavise.data.annotation_tables import (
+    NOT_IN_EMBEDDING,
+    PARSED_OBJECTS_SCHEMA,
+    ParsedAnnotations,
+    rejected_frame,
+)
+from lavise.data.masks import box_pixel_bounds
+
+try:
+    import orjson
+
+    def _loads(data: bytes) -> Any:
+        return orjson.loads(data)
+
+except ImportError:  # pragma: no cover - orjson is in the pinned environment
+    import json
+
+    def _loads(data: bytes) -> Any:
+        return json.loads(data)
+
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_IMAGE = "unknown_image"
+INVALID_IMAGE_SIZE = "invalid_image_size"
+NO_SYNSET = "no_synset"
+UNKNOWN_SYNSET = "unknown_synset"
+DEGENERATE_BOX = "degenerate_box"
+
+
+def read_json(path: Path) -> Any:
+    """Parse a (large) JSON file in one call, with a clear error on a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the download stage first")
+    return _loads(path.read_bytes())
+
+
+def _id(value: Any) -> int:
+    """An id as int, -1 when absent (then reported through the record's reason, never dropped)."""
+    return -1 if value is None else int(value)
+
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    """Float64 column; absent or non-numeric entries become NaN (-> ``degenerate_box``)."""
+    try:
+        return np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
+
+
+def image_table(image_data: list[dict[str, Any]]) -> pd.DataFrame:
+    """image_data.json entries -> image_id, path, width, height (split filled in later)."""
+    if not isinstance(image_data, list):
+        raise ValueError("image_data.json must hold a JSON list of images")
+    image_ids = np.array([_id(entry.get("image_id", entry.get("id"))) for entry in image_data], dtype=np.int64)
+    if len(np.unique(image_ids)) != len(image_ids):
+        duplicates = pd.Series(image_ids)[pd.Series(image_ids).duplicated()].unique()[:5].tolist()
+        raise ValueError(f"image_data.json repeats image ids, e.g. {duplicates}")
+    urls = [entry.get("url") for entry in image_data]
+    paths = [
+        f"images/{url.rsplit('/', 1)[-1]}" if isinstance(url, str) and url else f"images/{image_id}.jpg"
+        for url, image_id in zip(urls, image_ids.tolist())
+    ]
+    return pd.DataFrame(
+        {
+            "image_id": image_ids,
+            "path": paths,
+            "width": _numbers([entry.get("width") for entry in image_data]),
+            "height": _numbers([entry.get("height") for entry in image_data]),
+            "split": None,
+        }
+    )
+
+
+def flatten_objects(objects_json: list[dict[str, Any]]) -> pd.DataFrame:
+    """objects.json -> one row per object: source_id, image_id, x, y, w, h, synset, name."""
+    if not isinstance(objects_json, list):
+        raise ValueError("objects.json must hold a JSON list of images")
+    per_image = [entry.get("objects") or [] for entry in objects_json]
+    counts = np.fromiter((len(objects) for objects in per_image), dtype=np.int64, count=len(per_image))
+    entry_ids = np.array([_id(entry.get("image_id", entry.get("id"))) for entry in objects_json], dtype=np.int64)
+    flat = [obj for objects in per_image for obj in objects]
+    synsets = [s[0] if isinstance(s := obj.get("synsets"), list) and s else None for obj in flat]
+    names = [n[0] if isinstance(n := obj.get("names"), list) and n else obj.get("name") for obj in flat]
+    return pd.DataFrame(
+        {
+            "source_id": np.array([_id(obj.get("object_id", obj.get("id"))) for obj in flat], dtype=np.int64),
+            "image_id": np.repeat(entry_ids, counts),
+            "x": _numbers([obj.get("x") for obj in flat]),
+            "y": _numbers([obj.get("y") for obj in flat]),
+            "w": _numbers([obj.get("w") for obj in flat]),
+            "h": _numbers([obj.get("h") for obj in flat]),
+            "synset": pd.array(synsets, dtype=object),
+            "name": pd.array(names, dtype=object),
+        }
+    )
+
+
+def canonical_synsets(names: Iterable[str], wordnet: Any) -> dict[str, str | None]:
+    """Raw synset name -> WordNet's canonical name, or None when WordNet does not know it."""
+    canonical: dict[str, str | None] = {}
+    for name in names:
+        try:
+            canonical[name] = wordnet.synset(name).name()
+        except (WordNetError, ValueError, AttributeError, KeyError):
+            canonical[name] = None
+    return canonical
+
+
+def choose_tokens(lemma_names: Iterable[str], vocabulary: Container[str]) -> list[str] | None:
+    """Embedding tokens for a synset from its lemma names (rule in the module docstring)."""
+    for lemma in lemma_names:
+        parts = [part for part in lemma.lower().split("_") if part]
+        if parts and all(part in vocabulary for part in parts):
+            return parts
+    return None
+
+
+def union_box_areas(
+    boxes: np.ndarray, group_offsets: np.ndarray, heights: np.ndarray, widths: np.ndarray
+) -> np.ndarray:
+    """Pixel count of the union of each group's boxes, with `lavise.data.masks` rasterisation.
+
+    ``boxes`` [n, 4] x,y,w,h sorted by group; group g owns rows
+    ``group_offsets[g]:group_offsets[g+1]`` and has image size ``heights[g] x widths[g]``.
+    Single boxes and pairs are exact closed forms (vectorised); groups of >= 3 boxes are
+    rasterised on their compressed coordinate grid (at most (2k-1)^2 cells).
+    """
+    sizes = np.diff(group_offsets)
+    group_of_box = np.repeat(np.arange(len(sizes)), sizes)
+    r0, r1, c0, c1 = box_pixel_bounds(boxes, heights[group_of_box], widths[group_of_box])
+    box_area = (r1 - r0) * (c1 - c0)
+    areas = np.zeros(len(sizes), dtype=np.float64)
+    starts = group_offsets[:-1]
+
+    single = sizes == 1
+    areas[single] = box_area[starts[single]]
+
+    pair = sizes == 2
+    first, second = starts[pair], starts[pair] + 1
+    overlap_rows = np.clip(np.minimum(r1[first], r1[second]) - np.maximum(r0[first], r0[second]), 0, None)
+    overlap_cols = np.clip(np.minimum(c1[first], c1[second]) - np.maximum(c0[first], c0[second]), 0, None)
+    areas[pair] = box_area[first] + box_area[second] - overlap_rows * overlap_cols
+
+    for group in np.flatnonzero(sizes >= 3).tolist():
+        rows = slice(group_offsets[group], group_offsets[group + 1])
+        row_edges = np.unique(np.concatenate([r0[rows], r1[rows]]))
+        col_edges = np.unique(np.concatenate([c0[rows], c1[rows]]))
+        covered = np.zeros((len(row_edges) - 1, len(col_edges) - 1), dtype=bool)
+        top, bottom = np.searchsorted(row_edges, r0[rows]), np.searchsorted(row_edges, r1[rows])
+        left, right = np.searchsorted(col_edges, c0[rows]), np.searchsorted(col_edges, c1[rows])
+        for t, b, lft, rgt in zip(top.tolist(), bottom.tolist(), left.tolist(), right.tolist()):
+            covered[t:b, lft:rgt] = True
+        areas[group] = float(np.diff(row_edges) @ covered @ np.diff(col_edges))
+    return areas
+
+
+def parse_visual_genome(raw_dir: Path, vocabulary: Container[str], wordnet: Any) -> ParsedAnnotations:
+    """Read ``raw_dir/{image_data,objects}.json`` into merged objects (one per image and synset)."""
+    raw_dir = Path(raw_dir)
+    log.info("reading %s", raw_dir / "image_data.json")
+    images = image_table(read_json(raw_dir / "image_data.json"))
+    log.info("reading %s", raw_dir / "objects.json")
+    flat = flatten_objects(read_json(raw_dir / "objects.json"))
+    n_records = len(flat)
+    log.info("%d objects in %d image entries", n_records, flat["image_id"].nunique())
+
+    valid_size = ((images["width"] > 0) & (images["height"] > 0)).to_numpy()
+    images["width"] = images["width"].where(valid_size, 0).astype(np.int32)
+    images["height"] = images["height"].where(valid_size, 0).astype(np.int32)
+
+    size = images.set_index("image_id")[["width", "height"]]
+    width = size["width"].reindex(flat["image_id"]).to_numpy(np.float64)
+    height = size["height"].reindex(flat["image_id"]).to_numpy(np.float64)
+    reason = np.full(n_records, None, dtype=object)
+    reason[np.isnan(width)] = UNKNOWN_IMAGE
+    reason[(width == 0) | (height == 0)] = INVALID_IMAGE_SIZE
+
+    synset_raw = flat["synset"].to_numpy(dtype=object)
+    reason[(reason == None) & pd.isna(synset_raw)] = NO_SYNSET  # noqa: E711 - elementwise on object array
+    raw_codes, raw_names = pd.factorize(synset_raw)
+    canonical = canonical_synsets(raw_names.tolist(), wordnet)
+    canonical_of_raw = np.array([canonical[name] for name in raw_names.tolist()] + [None], dtype=object)
+    synset = canonical_of_raw[raw_codes]  # code -1 (NaN) maps to the trailing None
+    reason[(reason == None) & pd.isna(synset)] = UNKNOWN_SYNSET  # noqa: E711
+
+    x0 = np.clip(flat["x"].to_numpy(), 0, width)
+    y0 = np.clip(flat["y"].to_numpy(), 0, height)
+    x1 = np.clip(flat["x"].to_numpy() + flat["w"].to_numpy(), 0, width)
+    y1 = np.clip(flat["y"].to_numpy() + flat["h"].to_numpy(), 0, height)
+    with np.errstate(invalid="ignore"):
+        degenerate = ~np.isfinite(x0 + y0 + x1 + y1) | (x1 - x0 <= 0) | (y1 - y0 <= 0)
+    reason[(reason == None) & degenerate] = DEGENERATE_BOX  # noqa: E711
+    valid = reason == None  # noqa: E711
+    original = flat[["x", "y", "w", "h"]].to_numpy()
+    clipped_boxes = np.column_stack([x0, y0, x1 - x0, y1 - y0])
+    n_clipped = int((np.abs(clipped_boxes - original).max(axis=1)[valid] > 0).sum())
+
+    rejected = rejected_frame(flat["source_id"].to_numpy()[~valid], flat["image_id"].to_numpy()[~valid], reason[~valid])
+    distinct_names = int(flat["name"].nunique())
+
+    category_codes, category_names = pd.factorize(synset[valid], sort=True)
+    image_ids = flat["image_id"].to_numpy()[valid]
+    source_ids = flat["source_id"].to_numpy()[valid]
+    boxes = clipped_boxes[valid]
+    order = np.lexsort((source_ids, category_codes, image_ids))
+    image_ids, category_codes = image_ids[order], category_codes[order]
+    source_ids, boxes = source_ids[order], boxes[order]
+    new_group = np.ones(len(order), dtype=bool)
+    new_group[1:] = (image_ids[1:] != image_ids[:-1]) | (category_codes[1:] != category_codes[:-1])
+    starts = np.flatnonzero(new_group)
+    offsets = np.append(starts, len(order)).astype(np.int64)
+    group_images = image_ids[starts]
+    group_height = size["height"].reindex(group_images).to_numpy(np.int64)
+    group_width = size["width"].reindex(group_images).to_numpy(np.int64)
+    areas = union_box_areas(boxes, offsets, group_height, group_width)
+
+    objects = pa.table(
+        {
+            "image_id": pa.array(group_images, pa.int64()),
+            "category": pa.array(np.asarray(category_names, dtype=object)[category_codes[starts]], pa.string()),
+            "kind": pa.array(np.full(len(starts), "boxes", dtype=object), pa.string()),
+            "rle": pa.nulls(len(starts), pa.string()),
+            "boxes": pa.ListArray.from_arrays(
+                pa.array((offsets * 4).astype(np.int32)), pa.array(boxes.astype(np.float32).ravel())
+            ),
+            "area": pa.array(areas, pa.float64()),
+            "n_instances": pa.array(np.diff(offsets).astype(np.int32)),
+            "source_ids": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(source_ids)),
+        },
+        schema=PARSED_OBJECTS_SCHEMA,
+    )
+
+    tokens: list[list[str]] = []
+    drop_reason: list[str | None] = []
+    for name in category_names.tolist():
+        chosen = choose_tokens(wordnet.synset(name).lemma_names(), vocabulary)
+        tokens.append(chosen or [])
+        drop_reason.append(None if chosen else NOT_IN_EMBEDDING)
+    categories = pd.DataFrame(
+        {"category": list(category_names), "synset": list(category_names), "tokens": tokens, "drop_reason": drop_reason}
+    )
+    log.info(
+        "%d valid objects -> %d merged objects, %d synsets (%d without embedding tokens), %d clipped boxes",
+        int(valid.sum()),
+        objects.num_rows,
+        len(categories),
+        sum(r is not None for r in drop_reason),
+        n_clipped,
+    )
+    return ParsedAnnotations(
+        images=images,
+        objects=objects,
+        categories=categories,
+        rejected=rejected,
+        n_records=n_records,
+        statistics={
+            "before.names": distinct_names,
+            "before.images_with_invalid_size": int((~valid_size).sum()),
+            "before.clipped_boxes": n_clipped,
+        },
+    )

@@ -1,0 +1,1 @@
+"""The feature cache: its format, the extraction pass, and activation statistics."""

@@ -1,0 +1,1 @@
+"""Scoring against ground truth: overlaps, recall@s, NetDissect, average precision."""

@@ -1,0 +1,1 @@
+"""Backbones and checkpoints, the layer-output extractor, and the LaViSE explainer."""

@@ -1,0 +1,115 @@
+"""The LaViSE explainer: a small MLP from a pooled feature vector to the word-embedding space.
+
+The layer order copies the reference code (BatchNorm before each Linear, Dropout after each
+BatchNorm) so that a checkpoint trained here means the same thing as one trained there. The
+hinge rank loss is the DeViSE loss with cosine similarity; several positive tokens (multiword
+COCO names) are averaged as FACT2023 does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lavise.io import atomic_dir, read_json, write_json
+
+WEIGHTS_FILE = "explainer.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class Explainer(nn.Module):
+    """BatchNorm1d(d) → Dropout → Linear(d, h) → ReLU → BatchNorm1d(h) → Dropout → Linear(h, E)."""
+
+    def __init__(self, in_dim: int, emb_dim: int, hidden_dim: int | None = None, dropout: float = 0.1):
+        super().__init__()
+        hidden = in_dim if hidden_dim is None else hidden_dim
+        if in_dim < 1 or emb_dim < 1 or hidden < 1:
+            raise ValueError(f"dimensions must be positive: in_dim={in_dim}, hidden_dim={hidden}, emb_dim={emb_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.in_dim = in_dim
+        self.hidden_dim = hidden
+        self.emb_dim = emb_dim
+        self.dropout = dropout
+        self.layers = nn.Sequential(
+            nn.BatchNorm1d(in_dim),
+            nn.Dropout(dropout),
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
+            nn.BatchNorm1d(hidden),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, emb_dim),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+def cosine_scores(outputs: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [B, C] between explainer outputs [B, E] and class vectors [C, E]."""
+    return F.normalize(outputs, dim=1) @ F.normalize(class_vectors, dim=1).T
+
+
+def hinge_rank_loss(
+    outputs: torch.Tensor,
+    class_vectors: torch.Tensor,
+    positive_mask: torch.Tensor,
+    margin: float,
+) -> torch.Tensor:
+    """Batch mean of Σ_negatives max(0, margin − mean_pos cos + cos_c).
+
+    Every row needs at least one positive (a row without one has no target and would divide by
+    zero), so that is an error rather than a silent NaN.
+    """
+    if positive_mask.dtype != torch.bool:
+        raise TypeError(f"positive_mask must be bool, got {positive_mask.dtype}")
+    if positive_mask.shape != (outputs.shape[0], class_vectors.shape[0]):
+        raise ValueError(
+            f"positive_mask shape {tuple(positive_mask.shape)} != (batch, classes) "
+            f"({outputs.shape[0]}, {class_vectors.shape[0]})"
+        )
+    n_positives = positive_mask.sum(dim=1)
+    if bool((n_positives == 0).any()):
+        raise ValueError("every row of positive_mask needs at least one positive class")
+    scores = cosine_scores(outputs, class_vectors)
+    positive_mean = (scores * positive_mask).sum(dim=1) / n_positives
+    terms = (margin - positive_mean[:, None] + scores).clamp(min=0.0)
+    return terms.masked_fill(positive_mask, 0.0).sum(dim=1).mean()
+
+
+def save_explainer(model: Explainer, config: dict[str, Any], out_dir: str | os.PathLike[str]) -> None:
+    """Write explainer.safetensors + config.json together (out_dir is replaced atomically).
+
+    The architecture keys are taken from the model itself so the config can never disagree with
+    the weights; ``config`` adds the rest (class tokens, embedding source, backbone/layer).
+    """
+    full_config = dict(config)
+    full_config.update(in_dim=model.in_dim, hidden_dim=model.hidden_dim, emb_dim=model.emb_dim, dropout=model.dropout)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    with atomic_dir(out_dir) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        write_json(tmp / CONFIG_FILE, full_config)
+
+
+def load_explainer(out_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[Explainer, dict[str, Any]]:
+    """Rebuild the explainer from its config and weights, in eval mode, on ``device``."""
+    directory = Path(out_dir)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"explainer file missing: {path} (run the train stage)")
+    config = read_json(config_path)
+    model = Explainer(
+        in_dim=int(config["in_dim"]),
+        emb_dim=int(config["emb_dim"]),
+        hidden_dim=int(config["hidden_dim"]),
+        dropout=float(config["dropout"]),
+    )
+    model.load_state_dict(load_file(str(weights_path), device="cpu"), strict=True)
+    return model.to(device).eval(), config

@@ -1,0 +1,1 @@
+"""Training loops: the explainer and the target CNN."""

@@ -1,0 +1,262 @@
+"""params.yaml schema and validation.
+
+Every stage calls :func:`load_params` first, so a typo or an impossible value stops the run
+before any work, with one message that names the key and what it accepts, instead of surfacing
+minutes later as a shape error deep in a stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Validator = Callable[[str, Any], None]
+
+
+class ParamsError(ValueError):
+    """A params.yaml key is unknown, missing, or has a value outside its allowed set."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ParamsError(f"params.yaml: `{key}` = {value!r} is invalid; allowed: {allowed}.")
+
+
+def one_of(*choices: Any) -> Validator:
+    def check(key: str, value: Any) -> None:
+        if value not in choices:
+            _fail(key, value, " | ".join(map(str, choices)))
+
+    return check
+
+
+def integer(low: int | None = None, high: int | None = None, nullable: bool = False) -> Validator:
+    def check(key: str, value: Any) -> None:
+        if value is None and nullable:
+            return
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = ok and (low is None or value >= low) and (high is None or value <= high)
+        if not ok:
+            bounds = f"an integer in [{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            _fail(key, value, bounds + (" or null" if nullable else ""))
+
+    return check
+
+
+def _parses_as_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def number(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> Validator:
+    def check(key: str, value: Any) -> None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+        if not ok:
+            lb = "(" if open_low else "["
+            rb = ")" if open_high else "]"
+            hint = ""
+            if isinstance(value, str) and _parses_as_float(value):
+                hint = f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-4, or as 0.0001)"
+            _fail(key, value, f"a number in {lb}{low}, {high}{rb}{hint}")
+
+    return check
+
+
+def text(nullable: bool = False) -> Validator:
+    def check(key: str, value: Any) -> None:
+        if value is None and nullable:
+            return
+        if not isinstance(value, str) or not value:
+            _fail(key, value, "a non-empty string" + (" or null" if nullable else ""))
+
+    return check
+
+
+def all_or_indices(key: str, value: Any) -> None:
+    if value == "all":
+        return
+    if isinstance(value, dict):
+        every = value.get("every")
+        if set(value) != {"every"} or not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            _fail(key, value, "`all`, `{every: k}` with an integer k >= 1, or a list of filter indices")
+        return
+    if not (isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value)):
+        _fail(key, value, "`all`, `{every: k}` or a non-empty list of filter indices (integers >= 0)")
+    if len(set(value)) != len(value):
+        _fail(key, value, "a list without repeated filter indices")
+
+
+def index_list(key: str, value: Any) -> None:
+    if not (isinstance(value, list) and all(isinstance(v, int) and v >= 0 for v in value)):
+        _fail(key, value, "a list of filter indices (integers >= 0), possibly empty")
+
+
+def subset_of(*choices: str) -> Validator:
+    def check(key: str, value: Any) -> None:
+        if not (isinstance(value, list) and value and set(value) <= set(choices) and len(set(value)) == len(value)):
+            _fail(key, value, f"a non-empty list without repeats drawn from {list(choices)}")
+
+    return check
+
+
+def top_s_list(key: str, value: Any) -> None:
+    if not (isinstance(value, list) and value and all(isinstance(v, int) and v >= 1 for v in value)):
+        _fail(key, value, "a non-empty list of integers >= 1")
+    if sorted(set(value)) != value:
+        _fail(key, value, "a strictly increasing list of integers >= 1")
+
+
+SCHEMA: dict[str, Any] = {
+    "dataset": one_of("coco", "vg"),
+    "data": {
+        "source": one_of("demo", "official"),
+        "datasets": subset_of("coco", "vg"),
+        "glove_dim": one_of(50, 100, 200, 300),
+        "demo_seed": integer(0),
+    },
+    "preprocess": {
+        "min_images": integer(1),
+        "coco_crowd": one_of("include", "exclude"),
+    },
+    "split": {
+        "val_fraction": number(0.0, 1.0, open_low=True, open_high=True),
+        "seen_fraction": number(0.0, 1.0, open_low=True, open_high=True),
+        "split_coco_categories": one_of(True, False),
+        "seed": integer(0),
+    },
+    "backbone": {
+        "name": text(),
+        "weights": text(),
+        "layer": text(),
+        "num_classes": integer(1, nullable=True),
+    },
+    "transform": {
+        "resize": integer(16),
+        "crop": integer(16),
+    },
+    "target": {
+        "init": text(),
+        "epochs": integer(1),
+        "batch_size": integer(1),
+        "lr": number(0.0, 10.0, open_low=True),
+        "weight_decay": number(0.0, 1.0),
+        "crop": integer(16),
+        "seed": integer(0),
+    },
+    "features": {
+        "batch_size": integer(1),
+        "num_workers": integer(0, 64),
+        "device": one_of("auto", "cpu", "cuda"),
+        "decode": one_of("workers", "device"),
+        "chunk_images": integer(1),
+    },
+    "train": {
+        "hidden_dim": integer(1, nullable=True),
+        "dropout": number(0.0, 1.0, open_high=True),
+        "margin": number(0.0, 100.0, open_low=True),
+        "optimizer": one_of("dadapt_adam", "adam"),
+        "lr": number(0.0, 100.0, open_low=True),
+        "batch_size": integer(2),  # BatchNorm needs two samples
+        "epochs": integer(1),
+        "patience": integer(1),
+        "lr_patience": integer(0),
+        "seed": integer(0),
+        "device": one_of("auto", "cpu", "cuda"),
+    },
+    "evaluate": {
+        "p": integer(1),
+        "quantile": number(0.0, 1.0, open_low=True, open_high=True),
+        "iou_threshold": number(0.0, 1.0, open_high=True),
+        "top_s": top_s_list,
+        "vocabulary": text(),
+        "filters": all_or_indices,
+        "image_masking_filters": all_or_indices,
+        "word_weighting": one_of("activation", "count"),
+        "heatmap_filters": index_list,
+        "batch_size": integer(1),
+        "device": one_of("auto", "cpu", "cuda"),
+    },
+}
+
+
+def _validate_tree(schema: Mapping[str, Any], values: Any, prefix: str) -> None:
+    if not isinstance(values, Mapping):
+        _fail(prefix or "<root>", values, f"a mapping with keys {sorted(schema)}")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ParamsError(f"params.yaml: unknown key `{key}`; allowed keys here: {sorted(schema)}.")
+    missing = sorted(set(schema) - set(values))
+    if missing:
+        raise ParamsError(f"params.yaml: missing key `{prefix}{missing[0]}`.")
+    for name, rule in schema.items():
+        key = f"{prefix}{name}"
+        if isinstance(rule, Mapping):
+            _validate_tree(rule, values[name], key + ".")
+        else:
+            rule(key, values[name])
+
+
+def _validate_backbone(params: Mapping[str, Any], root: Path) -> None:
+    """Model, layer and weights against what `lavise.models.backbones` will accept, before any work."""
+    from lavise.models import backbones
+
+    backbone = params["backbone"]
+    models = backbones.classification_models()
+    if backbone["name"] not in models:
+        _fail("backbone.name", backbone["name"], "a torchvision classification model: " + ", ".join(models))
+    layers = backbones.layer_names(backbone["name"])
+    if backbone["layer"] not in layers:
+        top = [n for n in layers if "." not in n]
+        _fail(
+            "backbone.layer",
+            backbone["layer"],
+            f"a module name of {backbone['name']} (top level: {', '.join(top)}; nested names such as "
+            f"{layers[min(len(layers) - 1, 5)]} are allowed too)",
+        )
+    for section, key, special in (("backbone", "weights", ("none", "target")), ("target", "init", ("none",))):
+        value = params[section][key]
+        if value in special:
+            continue
+        if backbones.looks_like_checkpoint(value):
+            path = Path(value) if Path(value).is_absolute() else root / value
+            if not path.is_file():
+                _fail(f"{section}.{key}", value, "an existing checkpoint file (.pt, .pth, .safetensors)")
+            continue
+        names = backbones.weight_names(backbone["name"])
+        if value not in names:
+            _fail(f"{section}.{key}", value, " | ".join([*special, *names, "a checkpoint path"]))
+    if params["transform"]["crop"] > params["transform"]["resize"]:
+        _fail(
+            "transform.crop", params["transform"]["crop"], f"at most transform.resize ({params['transform']['resize']})"
+        )
+
+
+def validate_params(params: Mapping[str, Any], root: Path = Path(".")) -> None:
+    """Raise ParamsError for the first unknown key, missing key or bad value."""
+    _validate_tree(SCHEMA, params, "")
+    if params["dataset"] not in params["data"]["datasets"]:
+        _fail("dataset", params["dataset"], f"one of data.datasets {params['data']['datasets']}")
+    if params["data"]["source"] == "demo" and params["data"]["glove_dim"] != 50:
+        _fail("data.glove_dim", params["data"]["glove_dim"], "50 with data.source: demo (the offline GloVe is 50d)")
+    vocabulary = params["evaluate"]["vocabulary"]
+    if vocabulary != "glove" and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
+        _fail("evaluate.vocabulary", vocabulary, "glove | a path to an existing word-list file")
+    _validate_backbone(params, root)
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read and validate params.yaml; the returned dict is the only source of settings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file {path} not found; run the stage from the repository root.")
+    params = yaml.safe_load(path.read_text())
+    validate_params(params, path.resolve().parent)
+    return params

@@ -1,0 +1,166 @@
+"""Robust decoding: every odd file either becomes RGB or a recorded UndecodableImageError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lavise.data.geometry import transform_geometry
+from lavise.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    UndecodableImageError,
+    decode_image,
+    decode_jpegs_on_device,
+    device_decodable_size,
+    normalize,
+    preprocess,
+)
+
+
+@pytest.fixture(scope="module")
+def pixels() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    smooth = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(smooth).resize((80, 60), Image.BILINEAR))
+
+
+def _save(path: Path, image: Image.Image, **kwargs: object) -> Path:
+    image.save(path, **kwargs)
+    return path
+
+
+def test_rgb_jpeg(tmp_path: Path, pixels: np.ndarray) -> None:
+    decoded = decode_image(_save(tmp_path / "a.jpg", Image.fromarray(pixels), quality=95))
+    assert decoded.dtype == torch.uint8 and decoded.shape == (3, 60, 80)
+    error = np.abs(decoded.permute(1, 2, 0).numpy().astype(int) - pixels.astype(int))
+    assert error.mean() < 6
+
+
+def test_grayscale_becomes_rgb(tmp_path: Path, pixels: np.ndarray) -> None:
+    decoded = decode_image(_save(tmp_path / "g.jpg", Image.fromarray(pixels).convert("L")))
+    assert decoded.shape == (3, 60, 80)
+    assert torch.equal(decoded[0], decoded[1]) and torch.equal(decoded[1], decoded[2])
+
+
+def test_cmyk_becomes_rgb_like_pil(tmp_path: Path, pixels: np.ndarray) -> None:
+    path = _save(tmp_path / "c.jpg", Image.fromarray(pixels).convert("CMYK"), quality=95)
+    decoded = decode_image(path)
+    with Image.open(path) as image:
+        reference = np.asarray(image.convert("RGB")).astype(int)
+    assert decoded.shape == (3, 60, 80)
+    assert np.abs(decoded.permute(1, 2, 0).numpy().astype(int) - reference).mean() < 3
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P"])
+def test_png_named_jpg(tmp_path: Path, pixels: np.ndarray, mode: str) -> None:
+    path = _save(tmp_path / "p.jpg", Image.fromarray(pixels).convert(mode), format="PNG")
+    decoded = decode_image(path)
+    assert decoded.shape == (3, 60, 80)
+    if mode == "RGB":
+        assert np.array_equal(decoded.permute(1, 2, 0).numpy(), pixels)
+
+
+def test_truncated_corrupt_and_empty_are_undecodable(tmp_path: Path, pixels: np.ndarray) -> None:
+    data = _save(tmp_path / "a.jpg", Image.fromarray(pixels)).read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "x.jpg").write_bytes(b"definitely not an image" * 5)
+    (tmp_path / "e.jpg").write_bytes(b"")
+    for name in ["t.jpg", "x.jpg", "e.jpg"]:
+        with pytest.raises(UndecodableImageError, match=name):
+            decode_image(tmp_path / name)
+
+
+def test_missing_file_is_not_undecodable(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        decode_image(tmp_path / "absent.jpg")
+
+
+def test_normalize_hand_computed() -> None:
+    x = torch.tensor(IMAGENET_MEAN).view(3, 1, 1).expand(3, 2, 2).clone()
+    x[:, 0, 0] = 1.0
+    out = normalize(x)
+    assert torch.allclose(out[:, 1:, 1:], torch.zeros(3, 1, 1), atol=1e-6)
+    expected = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    torch.testing.assert_close(out[:, 0, 0], expected)
+
+
+def test_preprocess_is_geometry_then_normalize() -> None:
+    image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out = preprocess(image, 40, 32)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    manual = normalize(transform_geometry(image, 40, 32).float() / 255)
+    torch.testing.assert_close(out, manual)
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess(image.float(), 40, 32)
+
+
+def _corrupt_scan(data: bytes) -> bytes:
+    """Keep the headers and the final EOI, replace the entropy-coded data with bogus markers."""
+    start = data.index(b"\xff\xda") + 20
+    filler = (b"\xff\xc4" * len(data))[: len(data) - 2 - start]
+    return data[:start] + filler + data[-2:]
+
+
+@pytest.mark.parametrize(
+    ("kind", "accepted"),
+    [
+        ("baseline", True),
+        ("gray", True),
+        ("progressive", True),
+        ("restart_markers", True),
+        ("exif", True),
+        ("cmyk", False),
+        ("png", False),
+        ("truncated", False),
+        ("garbage", False),
+        ("lossless_frame", False),
+    ],
+)
+def test_device_decodable_size(tmp_path: Path, pixels: np.ndarray, kind: str, accepted: bool) -> None:
+    image = Image.fromarray(pixels)
+    save = {
+        "gray": (image.convert("L"), {}),
+        "progressive": (image, {"progressive": True}),
+        "restart_markers": (image, {"restart_marker_blocks": 2}),
+        "exif": (image, {"exif": Image.Exif()}),
+        "cmyk": (image.convert("CMYK"), {}),
+        "png": (image, {"format": "PNG"}),
+    }
+    picture, options = save.get(kind, (image, {}))
+    data = _save(tmp_path / "a.jpg", picture, **({"format": "JPEG"} | options)).read_bytes()
+    if kind == "truncated":
+        data = data[: len(data) // 2]
+    elif kind == "garbage":
+        data = b"\xff\xd8" + b"\x00" * 100 + b"\xff\xd9"
+    elif kind == "lossless_frame":
+        data = data.replace(b"\xff\xc0", b"\xff\xc3", 1)
+    assert device_decodable_size(data) == ((60, 80) if accepted else None)
+
+
+def test_device_decodable_size_reads_the_frame_header_not_the_pixels(tmp_path: Path, pixels: np.ndarray) -> None:
+    data = bytearray(_save(tmp_path / "a.jpg", Image.fromarray(pixels)).read_bytes())
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5 : frame + 9] = (1234).to_bytes(2, "big") + (567).to_bytes(2, "big")
+    assert device_decodable_size(bytes(data)) == (1234, 567)
+
+
+def test_decode_jpegs_on_device_matches_cpu_decoder_and_isolates_failures(tmp_path: Path, pixels: np.ndarray) -> None:
+    good = _save(tmp_path / "a.jpg", Image.fromarray(pixels), quality=90).read_bytes()
+    gray = _save(tmp_path / "g.jpg", Image.fromarray(pixels).convert("L")).read_bytes()
+    bad = _corrupt_scan(good)
+    assert device_decodable_size(bad) == (60, 80)
+    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in (good, bad, gray)]
+    results = decode_jpegs_on_device(encoded, ["a.jpg", "bad.jpg", "g.jpg"], torch.device("cpu"))
+    assert torch.equal(results[0], decode_image(tmp_path / "a.jpg"))
+    assert torch.equal(results[2], decode_image(tmp_path / "g.jpg"))
+    assert isinstance(results[1], UndecodableImageError) and str(results[1]).startswith("bad.jpg: torchvision: ")
+    (tmp_path / "bad.jpg").write_bytes(bad)
+    with pytest.raises(UndecodableImageError) as cpu_error:
+        decode_image(tmp_path / "bad.jpg")
+    assert str(cpu_error.value).replace(str(tmp_path / "bad.jpg"), "bad.jpg") == str(results[1])
+    assert decode_jpegs_on_device([], [], torch.device("cpu")) == []

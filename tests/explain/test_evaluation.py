@@ -1,0 +1,465 @@
+"""evaluate end to end on a small synthetic cache with a planted explainer, checked against a direct
+computation from the definitions (../shared/LAVISE.md §3-4), plus word weighting and vocabularies.
+
+The planted explainer returns channels 0..E-1 of its input plus a tiny increasing bias. Those
+channels are constant maps holding a one-hot code of one ground-truth word of the image, and
+every method multiplies a constant block by a positive scalar (or by 0 for activation masking
+when no cell exceeds T_u), so each pair's ranked words are known exactly: the planted word,
+then the other vocabulary words from last to first (the bias order).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+import lavise.explain.evaluation as evaluation
+from lavise.data.embeddings import WordEmbeddings
+from lavise.data.geometry import masks_to_crop
+from lavise.data.masks import image_object_masks
+from lavise.explain.evaluation import evaluate_explanations, filter_explanation, image_weights, load_vocabulary
+
+N_IMAGES, CHANNELS, GRID, EMB = 10, 512, 7, 16
+CROP, RESIZE = 224, 256
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "red",
+    "car",
+    "dog",
+    "cat",
+    "tree",
+    "sky",
+    "road",
+]  # the bias ranks road, sky, ... next
+CATEGORIES = [
+    ("red car", ["red", "car"], "seen"),
+    ("dog", ["dog"], "seen"),
+    ("cat", ["cat", "red"], "unseen"),
+    ("tree", ["tree"], "seen"),
+    ("sky", ["sky"], "unseen"),
+    ("road", ["road"], "seen"),
+]
+BIAS = 1e-4 * np.arange(1, EMB + 1)
+EVALUATE = {
+    "p": 6,
+    "quantile": 0.95,
+    "iou_threshold": 0.02,
+    "top_s": [2, 5],
+    "vocabulary": "glove",
+    "filters": list(range(16, 28)),
+    "image_masking_filters": [16],
+    "word_weighting": "activation",
+    "heatmap_filters": [16, 400],
+    "batch_size": 7,
+    "device": "cpu",
+}
+
+
+class PlantedExplainer(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :EMB] + torch.as_tensor(BIAS, dtype=x.dtype)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("evaluate")
+    rng = np.random.default_rng(0)
+    glove = root / "glove"
+    glove.mkdir()
+    np.save(glove / "vectors.npy", np.eye(EMB, dtype=np.float32))
+    pq.write_table(pa.table({"word": WORDS}), glove / "vocab.parquet")
+    annotations = root / "annotations"
+    annotations.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "category": [c[0] for c in CATEGORIES],
+                "synset": [None] * len(CATEGORIES),
+                "tokens": [c[1] for c in CATEGORIES],
+                "n_train_images": [50] * len(CATEGORIES),
+                "n_train_instances": [60] * len(CATEGORIES),
+                "role": [c[2] for c in CATEGORIES],
+                "drop_reason": [None] * len(CATEGORIES),
+            }
+        ),
+        annotations / "categories.parquet",
+    )
+    images, objects, planted = [], [], []
+    raw_images = root / "raw" / "vg" / "images"
+    raw_images.mkdir(parents=True)
+    for i in range(N_IMAGES):
+        image_id = 100 + i
+        height, width = int(rng.integers(240, 320)), int(rng.integers(240, 320))
+        images.append(
+            {
+                "image_id": image_id,
+                "path": f"images/{image_id}.png",
+                "width": width,
+                "height": height,
+                "split": "val",
+                "status": "ok",
+            }
+        )
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(raw_images / f"{image_id}.png")
+        chosen = rng.choice(len(CATEGORIES), size=3, replace=False)
+        for c in chosen:
+            w, h = rng.uniform(60, 200), rng.uniform(60, 200)
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            objects.append(
+                {
+                    "object_id": len(objects),
+                    "image_id": image_id,
+                    "category": CATEGORIES[c][0],
+                    "kind": "boxes",
+                    "rle": None,
+                    "boxes": [x, y, w, h],
+                    "area": w * h,
+                    "n_instances": 1,
+                    "source_ids": [len(objects)],
+                }
+            )
+        planted.append(WORDS.index(CATEGORIES[chosen[0]][1][0]))
+    pq.write_table(pa.Table.from_pylist(images), annotations / "images.parquet")
+    objects_table = pa.Table.from_pylist(objects).cast(
+        pa.schema(
+            [
+                ("object_id", pa.int64()),
+                ("image_id", pa.int64()),
+                ("category", pa.string()),
+                ("kind", pa.string()),
+                ("rle", pa.string()),
+                ("boxes", pa.list_(pa.float32())),
+                ("area", pa.float64()),
+                ("n_instances", pa.int32()),
+                ("source_ids", pa.list_(pa.int64())),
+            ]
+        )
+    )
+    pq.write_table(objects_table, annotations / "objects.parquet")
+    maps = np.maximum(rng.normal(-0.5, 1.0, size=(N_IMAGES, CHANNELS, GRID, GRID)), 0)
+    maps[:, :EMB] = 0.0
+    maps[np.arange(N_IMAGES), planted] = 1.0
+    maps[3, 20] = 0.0  # filter 20 never fires on image 3
+    features = root / "features"
+    features.mkdir()
+    np.save(features / "val_maps.npy", maps.astype(np.float16))
+    pq.write_table(
+        pa.table({"row": np.arange(N_IMAGES), "image_id": np.arange(100, 100 + N_IMAGES)}),
+        features / "val_images.parquet",
+    )
+    (features / "meta.json").write_text(json.dumps({"channels": CHANNELS, "height": GRID, "width": GRID}))
+    return {"root": root, "planted": planted, "objects": objects_table.to_pandas(), "images": pd.DataFrame(images)}
+
+
+def _bilinear(small: np.ndarray, size: int) -> np.ndarray:
+    """align_corners=False bilinear upsampling written out with NumPy (independent of torch)."""
+
+    def axis(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(size) + 0.5) * n_in / size - 0.5, 0)
+        lo = np.floor(src).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    y0, y1, ly = axis(small.shape[0])
+    x0, x1, lx = axis(small.shape[1])
+    top = small[y0][:, x0] * (1 - lx) + small[y0][:, x1] * lx
+    bottom = small[y1][:, x0] * (1 - lx) + small[y1][:, x1] * lx
+    return top * (1 - ly[:, None]) + bottom * ly[:, None]
+
+
+def _crop_masks(cache: dict) -> list[tuple[list[str], np.ndarray]]:
+    """Per val image (map row order): its categories and their crop-resolution masks."""
+    objects, masks = cache["objects"], []
+    for _, info in cache["images"].iterrows():
+        subset = objects[objects["image_id"] == info["image_id"]]
+        full = torch.from_numpy(image_object_masks(subset, int(info["height"]), int(info["width"])))
+        masks.append((list(subset["category"]), (masks_to_crop(full, RESIZE, CROP) >= 0.5).numpy()))
+    return masks
+
+
+def _truth(image_masks: tuple[list[str], np.ndarray], region: np.ndarray) -> dict[str, set[str]]:
+    """Ground-truth tokens of one (filter, image) pair: categories with IoU > the threshold."""
+    tokens_of = {c[0]: set(c[1]) for c in CATEGORIES}
+    seen_of = {c[0]: c[2] == "seen" for c in CATEGORIES}
+    seen_words = {token for c in CATEGORIES if c[2] == "seen" for token in c[1]}
+    truth: dict[str, set[str]] = {"all": set(), "seen": set(), "unseen": set()}
+    for name, mask in zip(*image_masks):
+        either = (region | mask).sum()
+        if either and (region & mask).sum() / either > EVALUATE["iou_threshold"]:
+            truth["all"] |= tokens_of[name]
+            if seen_of[name]:
+                truth["seen"] |= tokens_of[name]
+            else:  # novel words only: "red" of the unseen "cat" was a training class
+                truth["unseen"] |= tokens_of[name] - seen_words
+    return truth
+
+
+def _direct(cache: dict, filters: list[int]) -> dict:
+    """Recall of every method and of NetDissect computed pair by pair from the definitions."""
+    maps = np.load(cache["root"] / "features" / "val_maps.npy").astype(np.float64)
+    tokens_of = {c[0]: set(c[1]) for c in CATEGORIES}
+    masks = _crop_masks(cache)
+    results: dict = {m: {"all": {}, "seen": {}, "unseen": {}} for m in evaluation.METHODS[:1] + evaluation.METHODS[2:]}
+    results["netdissect"] = {"all": {}, "seen": {}, "unseen": {}}
+    results["netdissect_in_sample"] = {"all": {}}
+    results["labels"] = {}
+    for u in filters:
+        values = maps[:, u].ravel()
+        threshold = np.float32(np.quantile(values, EVALUATE["quantile"]))
+        maxima = maps[:, u].max(axis=(1, 2))
+        order = sorted((r for r in range(N_IMAGES) if maxima[r] > 0), key=lambda r: (-maxima[r], r))[: EVALUATE["p"]]
+        regions = [_bilinear(maps[r, u], CROP) > threshold for r in range(N_IMAGES)]
+
+        def label_of(rows: list[int], regions: list[np.ndarray] = regions) -> tuple[str, set[str]]:
+            """NetDissect's label learned on ``rows``: highest dataset-wide IoU, tokens if any overlap."""
+            inter = {c[0]: 0.0 for c in CATEGORIES}
+            union = {c[0]: 0.0 for c in CATEGORIES}
+            for r in rows:
+                present = dict(zip(*masks[r]))
+                for name in inter:
+                    mask = present.get(name, np.zeros((CROP, CROP), dtype=bool))
+                    inter[name] += (regions[r] & mask).sum()
+                    union[name] += (regions[r] | mask).sum()
+            label = max(inter, key=lambda c: inter[c] / union[c] if union[c] else 0.0)
+            return (label, tokens_of[label]) if inter[label] > 0 else (None, set())
+
+        results["labels"][u] = label_of(list(range(N_IMAGES)))[0]
+        fold_tokens = [label_of([r for r in range(N_IMAGES) if r % 2 == fold])[1] for fold in (0, 1)]
+        for r in order:
+            label_tokens = fold_tokens[1 - r % 2]  # learned on the half without image r
+            in_sample_truth = _truth(masks[r], regions[r])["all"]
+            if in_sample_truth:
+                tokens = tokens_of.get(results["labels"][u], set())
+                results["netdissect_in_sample"]["all"].setdefault(1, []).append(
+                    len(tokens & in_sample_truth) / len(in_sample_truth)
+                )
+            truth = _truth(masks[r], regions[r])
+            planted = cache["planted"][r]
+            others = [WORDS[j] for j in range(EMB - 1, -1, -1)]
+            for method in [m for m in results if m not in ("labels", "netdissect_in_sample")]:
+                fires = method != "activation_masking" or (maps[r, u] > threshold).any()
+                ranked = [WORDS[planted]] + [w for w in others if w != WORDS[planted]] if fires else others
+                for split, gt in truth.items():
+                    if not gt:
+                        continue
+                    for s in (1, *EVALUATE["top_s"]):
+                        words = label_tokens if method == "netdissect" else set(ranked[:s])
+                        results[method][split].setdefault(s, []).append(len(words & gt) / len(gt))
+    return results
+
+
+@pytest.fixture(scope="module")
+def evaluated(cache, tmp_path_factory) -> dict:
+    root = cache["root"]
+    patch = pytest.MonkeyPatch()
+    patch.setattr(
+        evaluation,
+        "load_explainer",
+        lambda d, device: (PlantedExplainer().eval(), {"in_dim": CHANNELS, "emb_dim": EMB}),
+    )
+    patch.setattr(evaluation, "IMAGE_CHUNK_BYTES", 3 * CHANNELS * GRID * GRID * 4)
+    try:
+        metrics = evaluate_explanations(
+            root / "features",
+            root / "annotations",
+            root / "explainer",
+            root / "glove",
+            root / "raw" / "vg",
+            root / "metrics" / "recall.json",
+            root / "results",
+            backbone={"name": "resnet18", "weights": "none", "layer": "layer4", "num_classes": None},
+            transform={"resize": RESIZE, "crop": CROP},
+            evaluate=EVALUATE,
+        )
+    finally:
+        patch.undo()
+    return metrics
+
+
+def test_recall_matches_direct_computation(cache, evaluated) -> None:
+    direct = _direct(cache, EVALUATE["filters"])
+    assert direct["original_image"]["all"][1], "the synthetic cache must give scored pairs"
+    labels = direct.pop("labels")
+    in_sample = direct.pop("netdissect_in_sample")["all"][1]
+    assert evaluated["netdissect"]["in_sample"]["recall@1"] == pytest.approx(np.mean(in_sample), abs=2e-6)
+    assert evaluated["netdissect"]["in_sample"]["recall@1"] != evaluated["netdissect"]["recall@1"]
+    assert evaluated["netdissect"]["n_distinct_concepts"] == len({c for c in labels.values() if c is not None})
+    for method, splits in direct.items():
+        for s, values in splits["all"].items():
+            assert evaluated[method][f"recall@{s}"] == pytest.approx(np.mean(values), abs=2e-6), (method, s)
+        assert evaluated[method]["n_pairs"] == len(splits["all"][1])
+        for split in ("seen", "unseen"):
+            for s, values in splits[split].items():
+                assert evaluated[method][split][f"recall@{s}"] == pytest.approx(np.mean(values), abs=2e-6)
+    recalls = [evaluated["filter_attention"][f"recall@{s}"] for s in (1, 2, 5)]
+    assert 0 < recalls[0] < recalls[1] < recalls[2] < 1
+
+
+def test_image_masking_matches_direct_computation(cache, evaluated) -> None:
+    """Mask each top image's normalised pixels outside the upsampled region, re-run the same
+    (seeded, random) ResNet-18 to layer4, pool, explain, rank the words: recall from that."""
+    from lavise.data.images import decode_image, preprocess
+    from lavise.models.backbones import build_feature_extractor
+
+    (u,) = EVALUATE["image_masking_filters"]
+    maps = np.load(cache["root"] / "features" / "val_maps.npy").astype(np.float32)
+    threshold = np.float32(np.quantile(maps[:, u].astype(np.float64).ravel(), EVALUATE["quantile"]))
+    maxima = maps[:, u].max(axis=(1, 2))
+    order = sorted((r for r in range(N_IMAGES) if maxima[r] > 0), key=lambda r: (-maxima[r], r))[: EVALUATE["p"]]
+    extractor = build_feature_extractor("resnet18", "none", "layer4")
+    masks = _crop_masks(cache)
+    scores: dict[str, dict[int, list[float]]] = {"all": {}, "seen": {}, "unseen": {}}
+    for r in order:
+        region = _bilinear(maps[r, u], CROP) > threshold
+        info = cache["images"].iloc[r]
+        image = preprocess(decode_image(cache["root"] / "raw" / "vg" / info["path"]), RESIZE, CROP)
+        with torch.inference_mode():
+            output = PlantedExplainer()(extractor((image * torch.from_numpy(region))[None]).mean(dim=(2, 3)))
+        ranked = [WORDS[j] for j in np.argsort(-output[0].numpy(), kind="stable")]  # vocabulary = unit vectors
+        for split, gt in _truth(masks[r], region).items():
+            for s in (1, *EVALUATE["top_s"]):
+                if gt:
+                    scores[split].setdefault(s, []).append(len(set(ranked[:s]) & gt) / len(gt))
+    assert scores["all"], "the synthetic cache must give scored image-masking pairs"
+    assert evaluated["image_masking"]["n_pairs"] == len(scores["all"][1])
+    for s, values in scores["all"].items():
+        assert evaluated["image_masking"][f"recall@{s}"] == pytest.approx(np.mean(values), abs=2e-6), s
+    for split in ("seen", "unseen"):
+        for s, values in scores[split].items():
+            assert evaluated["image_masking"][split][f"recall@{s}"] == pytest.approx(np.mean(values), abs=2e-6)
+
+
+def test_metrics_file_and_tables(cache, evaluated) -> None:
+    root = cache["root"]
+    on_disk = json.loads((root / "metrics" / "recall.json").read_text())
+    assert on_disk == json.loads(json.dumps(evaluated))
+    assert set(on_disk) == {*evaluation.METHODS, "netdissect"}
+    assert on_disk["image_masking"]["n_filters"] == 1 and on_disk["image_masking"]["filters"] == "16"
+    assert on_disk["projection"]["n_filters"] == len(EVALUATE["filters"])
+    masking = on_disk["image_masking"]["recall@5"]
+    assert masking is None or 0.0 <= masking <= 1.0
+    explanations = pq.read_table(root / "results" / "explanations.parquet").to_pandas()
+    assert len(explanations) == 4 * len(EVALUATE["filters"]) + 1
+    row = explanations[(explanations["filter"] == 17) & (explanations["method"] == "original_image")].iloc[0]
+    assert 1 <= len(row["top_image_ids"]) <= EVALUATE["p"]
+    assert row["words"][0] in WORDS and row["threshold"] > 0
+    assert pd.read_csv(root / "results" / "explanations.csv").shape[0] == len(explanations)
+    for method in evaluation.METHODS:
+        first_words = {words[0] for words in explanations[explanations["method"] == method]["words"] if len(words)}
+        assert on_disk[method]["n_distinct_concepts"] == len(first_words), method
+    filters = pq.read_table(root / "results" / "filters.parquet").to_pandas()
+    assert set(filters["method"]) == {*evaluation.METHODS, "netdissect"}
+    assert sorted(p.name for p in (root / "results" / "heatmaps").glob("*.png")) == ["filter_0016.png"]
+    with Image.open(root / "results" / "heatmaps" / "filter_0016.png") as sheet:
+        assert sheet.width == 5 * CROP  # 5 columns
+
+
+def test_word_weighting_activation_and_count() -> None:
+    words = np.array([[3, 1], [1, 2], [2, 3]])
+    # activation weights: int(2.7)=2, int(0.4)=0 -> at least 1, int(5.0)=5
+    weights = image_weights(np.array([2.7, 0.4, 5.0]), "activation")
+    assert weights.tolist() == [2, 1, 5]
+    assert filter_explanation(words, weights, 10) == ([3, 2, 1], [7, 6, 3])
+    counts = image_weights(np.array([2.7, 0.4, 5.0]), "count")
+    assert filter_explanation(words, counts, 2) == ([3, 1], [2, 2])  # tie: 3 was seen first
+    with pytest.raises(ValueError, match="word_weighting"):
+        image_weights(np.ones(2), "softmax")
+
+
+def test_vocabulary_word_list(cache, tmp_path) -> None:
+    embeddings = WordEmbeddings.load(cache["root"] / "glove")
+    listed = tmp_path / "words.txt"
+    listed.write_text("dog\nsky\n\nbeta\ndog\n")
+    vocabulary = load_vocabulary(embeddings, str(listed), ["red", "car", "dog", "sky"])
+    assert vocabulary.words.tolist() == ["dog", "sky", "beta"]
+    assert vocabulary.token_of_word.tolist() == [2, 3, -1]
+    assert torch.equal(vocabulary.vectors[1], torch.eye(EMB)[WORDS.index("sky")])
+    listed.write_text("dog\nunicorn\n")
+    with pytest.raises(ValueError, match="unicorn"):
+        load_vocabulary(embeddings, str(listed), ["dog"])
+
+
+def test_inconsistent_inputs_fail_clearly(cache, tmp_path) -> None:
+    import shutil
+
+    root = cache["root"]
+    features = tmp_path / "features"
+    shutil.copytree(root / "features", features)
+    arguments = (
+        features,
+        root / "annotations",
+        root / "explainer",
+        root / "glove",
+        root / "raw" / "vg",
+        tmp_path / "recall.json",
+        tmp_path / "results",
+    )
+    options = {
+        "backbone": {},
+        "transform": {"resize": RESIZE, "crop": CROP},
+        "evaluate": {**EVALUATE, "filters": [600]},
+    }
+    with pytest.raises(ValueError, match=r"filter\(s\) \[600\] outside"):
+        evaluate_explanations(*arguments, **options)
+    (features / "meta.json").write_text(json.dumps({"channels": CHANNELS, "height": 14, "width": 14}))
+    with pytest.raises(ValueError, match="meta.json declares"):
+        evaluate_explanations(*arguments, **{**options, "evaluate": EVALUATE})
+    (features / "meta.json").write_text(json.dumps({"channels": CHANNELS, "height": GRID, "width": GRID}))
+    pq.write_table(
+        pa.table({"row": np.arange(N_IMAGES), "image_id": np.arange(N_IMAGES) + 500}), features / "val_images.parquet"
+    )
+    with pytest.raises(ValueError, match="absent from the annotations"):
+        evaluate_explanations(*arguments, **{**options, "evaluate": EVALUATE})
+    assert not (tmp_path / "recall.json").exists()
+
+
+def test_tokens_of_categories_matches_loop() -> None:
+    from lavise.explain.evaluation import tokens_of_categories
+
+    rng = np.random.default_rng(1)
+    incidence = rng.random((7, 9)) > 0.7
+    incidence[np.arange(7), rng.integers(0, 9, 7)] = True
+    truth = rng.random((11, 7)) > 0.6
+    expected = np.zeros((11, 9), dtype=bool)
+    for p in range(11):
+        for c in range(7):
+            if truth[p, c]:
+                expected[p] |= incidence[c]
+    assert np.array_equal(tokens_of_categories(truth, incidence), expected)
+
+
+def test_resolve_filters_forms() -> None:
+    from lavise.explain.evaluation import resolve_filters
+
+    assert resolve_filters("all", 4, "filters").tolist() == [0, 1, 2, 3]
+    assert resolve_filters({"every": 3}, 10, "filters").tolist() == [0, 3, 6, 9]
+    assert resolve_filters([5, 1], 8, "filters").tolist() == [1, 5]
+    with pytest.raises(ValueError, match=r"evaluate.filters: filter\(s\) \[9\] outside the layer's 0..7"):
+        resolve_filters([9], 8, "filters")
+
+
+def test_image_masking_filters_label_names_the_evaluated_filters() -> None:
+    from lavise.explain.evaluation import masking_filters_label
+
+    # filters 16..27 evaluated, image masking configured {every: 8}: only 16 and 24 are masked
+    filters = np.arange(16, 28)
+    masking = np.isin(filters, np.arange(0, CHANNELS, 8))
+    assert masking_filters_label(filters, masking, CHANNELS) == "16,24"
+    # image masking on every filter, but only a subset of the layer evaluated: not "all"
+    assert masking_filters_label(filters, np.ones(len(filters), dtype=bool), CHANNELS) == ",".join(map(str, filters))
+    assert masking_filters_label(np.arange(CHANNELS), np.ones(CHANNELS, dtype=bool), CHANNELS) == "all"
+    assert masking_filters_label(filters, np.zeros(len(filters), dtype=bool), CHANNELS) == ""

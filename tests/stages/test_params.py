@@ -1,0 +1,82 @@
+"""params.yaml validation: one clear error naming the key and the allowed values."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.params import ParamsError, load_params, validate_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def defaults() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_are_valid() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params["data"]["source"] == "demo"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "fragment"),
+    [
+        (("split", "val_fraction"), 1.5, "`split.val_fraction` = 1.5 is invalid; allowed: a number in (0.0, 1.0)"),
+        (("split", "seen_fraction"), 0.0, "`split.seen_fraction`"),
+        (("dataset",), "imagenet", "allowed: coco | vg"),
+        (("backbone", "name"), "resnet19", "`backbone.name` = 'resnet19'"),
+        (("backbone", "layer"), "layer9", "top level: conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4"),
+        (("backbone", "weights"), "IMAGENET9", "none | target | IMAGENET1K_V1 | DEFAULT"),
+        (("backbone", "weights"), "models/missing.pt", "an existing checkpoint file"),
+        (("train", "optimizer"), "sgd", "allowed: dadapt_adam | adam"),
+        (("features", "decode"), "gpu", "`features.decode` = 'gpu' is invalid; allowed: workers | device"),
+        (("train", "epochs"), 0, "`train.epochs` = 0"),
+        (("train", "lr"), "1e-4", "YAML reads 1e-4 as text: write it with a dot, e.g. 1.0e-4, or as 0.0001"),
+        (("train", "epochs"), 2.5, "`train.epochs` = 2.5"),
+        (("evaluate", "top_s"), [10, 5], "strictly increasing"),
+        (("evaluate", "filters"), [1, 1], "without repeated filter indices"),
+        (("evaluate", "filters"), {"every": 0}, "`{every: k}` with an integer k >= 1"),
+        (("evaluate", "image_masking_filters"), {"each": 2}, "`evaluate.image_masking_filters`"),
+        (("evaluate", "vocabulary"), "no/such/words.txt", "`evaluate.vocabulary`"),
+        (("data", "glove_dim"), 300, "50 with data.source: demo"),
+        (("data", "datasets"), ["coco"], "`dataset` = 'vg' is invalid; allowed: one of data.datasets ['coco']"),
+        (("transform", "crop"), 300, "at most transform.resize (256)"),
+    ],
+)
+def test_bad_value_names_key_and_allowed(defaults: dict, path: tuple, value: object, fragment: str) -> None:
+    params = copy.deepcopy(defaults)
+    node = params
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError) as err:
+        validate_params(params, ROOT)
+    assert fragment in str(err.value)
+
+
+def test_unknown_and_missing_keys(defaults: dict) -> None:
+    params = copy.deepcopy(defaults)
+    params["train"]["learning_rate"] = 1e-3
+    with pytest.raises(ParamsError, match=r"unknown key `train.learning_rate`; allowed keys here: \['batch_size'"):
+        validate_params(params, ROOT)
+    params = copy.deepcopy(defaults)
+    del params["evaluate"]["p"]
+    with pytest.raises(ParamsError, match=r"missing key `evaluate.p`"):
+        validate_params(params, ROOT)
+
+
+def test_nested_layer_and_other_models_accepted(defaults: dict, tmp_path: Path) -> None:
+    params = copy.deepcopy(defaults)
+    params["backbone"].update(name="alexnet", layer="features.10", weights="IMAGENET1K_V1")
+    validate_params(params, ROOT)
+    params["backbone"].update(name="resnet50", layer="layer4.1.conv2", weights="none")
+    validate_params(params, ROOT)
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"x")
+    params["backbone"]["weights"] = str(checkpoint)
+    validate_params(params, ROOT)

@@ -1,0 +1,180 @@
+"""End to end: the real dvc.yaml on the embedded demo, in a temporary git clone of the project.
+
+One demo run (with fewer epochs and filters than the committed defaults, to keep CI short) is
+shared by the tests: it checks the metrics the stages write, that an edit of params.yaml
+invalidates exactly the stages that read the edited key, and that `dvc metrics diff` and
+`dvc params diff` compare two branches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # whole demo pipeline under DVC: minutes
+BIN = Path(sys.executable).parent
+FAST_OVERRIDES = {
+    ("target", "epochs"): 2,
+    ("train", "epochs"): 3,
+    ("evaluate", "filters"): list(range(0, 512, 8)),
+    ("evaluate", "image_masking_filters"): [0, 8],
+    ("evaluate", "heatmap_filters"): [0],
+}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1", TQDM_DISABLE="1")
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([str(BIN / "dvc"), *args], cwd, check)
+
+
+def set_params(repo: Path, overrides: dict[tuple[str, ...], object]) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for keys, value in overrides.items():
+        node = params
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def project_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file() and not f.startswith(("metrics/", "dvc.lock"))]
+
+
+@pytest.fixture(scope="module")
+def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("clone")
+    for name in project_files():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    set_params(repo, FAST_OVERRIDES)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "demo"], repo)
+    dvc("repro", cwd=repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"], repo)
+    return repo
+
+
+def stale_stages(repo: Path) -> set[str]:
+    return set(json.loads(dvc("status", "--json", cwd=repo).stdout or "{}"))
+
+
+def test_demo_run_writes_every_method(demo_repo: Path) -> None:
+    recall = json.loads((demo_repo / "metrics" / "recall.json").read_text())
+    for method in ("original_image", "image_masking", "activation_masking", "filter_attention", "projection"):
+        scores = recall[method]
+        for s in (1, 5, 10, 20):
+            assert 0.0 <= scores[f"recall@{s}"] <= 1.0
+        assert scores["recall@5"] <= scores["recall@10"] <= scores["recall@20"]
+    assert recall["filter_attention"]["n_filters"] == len(FAST_OVERRIDES[("evaluate", "filters")])
+    assert "seen" in recall["filter_attention"] and "unseen" in recall["filter_attention"]
+    assert (demo_repo / "results" / "explanations.csv").is_file()
+    assert any((demo_repo / "results" / "heatmaps").glob("*.png"))
+    for name in ("annotations.json", "train.json", "target.json"):
+        assert json.loads((demo_repo / "metrics" / name).read_text())
+    assert stale_stages(demo_repo) == set()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        (("evaluate", "p"), 10, {"evaluate"}),
+        (("train", "margin"), 0.5, {"train"}),
+        (("backbone", "layer"), "layer3", {"features", "evaluate"}),
+        (("split", "seed"), 7, {"annotations"}),
+        (("preprocess", "min_images"), 30, {"annotations"}),
+        (("features", "batch_size"), 8, {"features"}),
+        (("features", "decode"), "device", {"features"}),
+        (("target", "lr"), 0.01, {"target"}),
+        (("data", "demo_seed"), 3, {"download"}),
+    ],
+)
+def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:
+    original = (demo_repo / "params.yaml").read_text()
+    try:
+        set_params(demo_repo, {key: value})
+        assert stale_stages(demo_repo) == expected
+    finally:
+        (demo_repo / "params.yaml").write_text(original)
+    assert stale_stages(demo_repo) == set()
+
+
+def test_demo_cache_thresholds_and_top_images_link_up(demo_repo: Path) -> None:
+    """The real features -> evaluate link on the demo: cache rows are the right images under the
+    trained target model, and evaluate's T_u and top images follow from the cache by definition."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from lavise.data.images import decode_image, preprocess
+    from lavise.models.backbones import build_feature_extractor
+
+    params = yaml.safe_load((demo_repo / "params.yaml").read_text())
+    maps = np.load(demo_repo / "data" / "features" / "val_maps.npy", mmap_mode="r")
+    val_images = pd.read_parquet(demo_repo / "data" / "features" / "val_images.parquet")
+    images = pd.read_parquet(demo_repo / "data" / "annotations" / "images.parquet").set_index("image_id")
+    extractor = build_feature_extractor(
+        "resnet18", str(demo_repo / "models" / "target" / "model.safetensors"), "layer4"
+    )
+    for row in (0, len(val_images) - 1):
+        path = demo_repo / "data" / "raw" / params["dataset"] / images.loc[val_images["image_id"][row], "path"]
+        with torch.inference_mode():
+            direct = extractor(preprocess(decode_image(path), 256, 224)[None])[0].numpy()
+        np.testing.assert_allclose(maps[row].astype(np.float32), direct, rtol=1e-2, atol=1e-2)
+
+    explanations = pd.read_parquet(demo_repo / "results" / "explanations.parquet")
+    p, quantile = params["evaluate"]["p"], params["evaluate"]["quantile"]
+    for u in FAST_OVERRIDES[("evaluate", "filters")][:4]:
+        values = maps[:, u].astype(np.float32)
+        row = explanations[(explanations["filter"] == u) & (explanations["method"] == "filter_attention")].iloc[0]
+        assert row["threshold"] == pytest.approx(float(np.quantile(values.astype(np.float64), quantile)), rel=1e-6)
+        maxima = values.max(axis=(1, 2))
+        order = sorted((r for r in range(len(maxima)) if maxima[r] > 0), key=lambda r: (-maxima[r], r))[:p]
+        assert list(row["top_image_ids"]) == [int(val_images["image_id"][r]) for r in order]
+
+
+def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
+    # Last in this module: it leaves the untracked outputs (data/features) of the other branch.
+    run(["git", "checkout", "-q", "-b", "random-weights"], demo_repo)
+    try:
+        set_params(demo_repo, {("backbone", "weights"): "none"})
+        dvc("repro", cwd=demo_repo)
+        run(["git", "add", "-A"], demo_repo)
+        run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "random weights"], demo_repo)
+        metrics = json.loads(dvc("metrics", "diff", "main", "--json", cwd=demo_repo).stdout)
+        recall = metrics["metrics/recall.json"]
+        for s in (5, 10, 20):
+            assert f"filter_attention.recall@{s}" in recall
+            entry = recall[f"filter_attention.recall@{s}"]
+            assert set(entry) >= {"old", "new"}
+        params = json.loads(dvc("params", "diff", "main", "--json", cwd=demo_repo).stdout)
+        assert params["params.yaml"]["backbone.weights"] == {"old": "target", "new": "none"}
+    finally:
+        run(["git", "checkout", "-q", "main"], demo_repo)
