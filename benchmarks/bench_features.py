@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmarks.memory import PeakMemory
-from lavise.data.images import normalize
+from lavise.data.transforms import normalize
 from lavise.features.cache import (
     ImageObjectsDataset,
     _batch_images_on_device,

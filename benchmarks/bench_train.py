@@ -159,9 +159,9 @@ def bench_fact2023(args: argparse.Namespace) -> None:
     """Our stage's epoch against FACT2023's per-annotation epoch, same samples, same process."""
     import pandas as pd
 
-    from lavise.data.geometry import mask_to_grid, masks_to_crop
-    from lavise.data.images import decode_image, preprocess
+    from lavise.data.images import decode_image
     from lavise.data.masks import image_object_masks
+    from lavise.data.transforms import mask_to_grid, masks_to_crop, preprocess
     from lavise.io import read_json
     from lavise.models.backbones import build_feature_extractor, pool_features
     from lavise.models.explainer import Explainer, hinge_rank_loss

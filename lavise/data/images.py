@@ -1,4 +1,4 @@
-"""Robust image decoding and the deterministic evaluation transform.
+"""Robust image decoding: every reader of image files goes through here.
 
 Reference datasets contain grayscale, CMYK, PNG-files-named-.jpg and the odd corrupt or
 truncated file. One bad file must not stop a stage that runs for hours, so decoding either
@@ -25,11 +25,6 @@ import numpy as np
 import torch
 import torchvision.io as tvio
 from PIL import Image, UnidentifiedImageError
-
-from lavise.data.geometry import transform_geometry
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class UndecodableImageError(Exception):
@@ -172,22 +167,3 @@ def decode_jpegs_on_device(
                 except UndecodableImageError as error:
                     results.append(error)
     return results
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet mean/std normalisation of float images in [0, 1] (``[..., 3, H, W]``)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
-
-
-def preprocess(img_uint8: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
-    """Resize -> centre-crop -> normalise an RGB uint8 image to float ``[3, crop, crop]``.
-
-    The geometry runs on uint8 (torchvision's fast path) through the same
-    ``transform_geometry`` the masks use.
-    """
-    if img_uint8.dtype != torch.uint8 or img_uint8.ndim != 3 or img_uint8.shape[0] != 3:
-        raise ValueError(f"expected an RGB uint8 image [3, H, W], got {img_uint8.dtype} {tuple(img_uint8.shape)}")
-    cropped = transform_geometry(img_uint8, resize, crop)
-    return normalize(cropped.to(torch.float32) / 255.0)

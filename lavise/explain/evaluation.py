@@ -43,9 +43,9 @@ import torch
 from tqdm import tqdm
 
 from lavise.data.embeddings import WordEmbeddings
-from lavise.data.geometry import masks_to_crop, transform_geometry
-from lavise.data.images import UndecodableImageError, decode_image, preprocess
+from lavise.data.images import UndecodableImageError, decode_image
 from lavise.data.masks import image_object_masks
+from lavise.data.transforms import masks_to_crop, preprocess, transform_geometry
 from lavise.devices import resolve_device
 from lavise.explain.heatmaps import HeatmapTile, write_sheet
 from lavise.explain.methods import FEATURE_METHODS, METHODS, feature_method, mask_images, pool

@@ -36,15 +36,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lavise.data.geometry import mask_to_grid, masks_to_crop, transform_geometry
 from lavise.data.images import (
     UndecodableImageError,
     decode_bytes,
     decode_jpegs_on_device,
     device_decodable_size,
-    normalize,
 )
 from lavise.data.masks import image_object_masks
+from lavise.data.transforms import mask_to_grid, masks_to_crop, normalize, transform_geometry
 from lavise.devices import resolve_device
 from lavise.io import atomic_dir, atomic_path, file_digest, read_json, write_json
 from lavise.models.backbones import build_feature_extractor, layer_output_shape

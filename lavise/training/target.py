@@ -52,7 +52,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lavise.data.images import IMAGENET_MEAN, IMAGENET_STD, UndecodableImageError, decode_image, normalize
+from lavise.data.images import UndecodableImageError, decode_image
+from lavise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from lavise.devices import resolve_device
 from lavise.io import atomic_dir, atomic_path, write_json
 from lavise.models.backbones import load_state_dict, looks_like_checkpoint, resolve_weights_enum, weight_names
@@ -180,7 +181,7 @@ def load_multilabel_data(annotations_dir: str | Path, image_root: str | Path) ->
 
 def resize_shorter_side(image: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear, antialiased resize so the shorter side is ``size``: the first half of
-    ``lavise.data.geometry.transform_geometry``, kept separately so the result can be cached."""
+    ``lavise.data.transforms.transform_geometry``, kept separately so the result can be cached."""
     return tvf.resize(image, [size], interpolation=tvf.InterpolationMode.BILINEAR, antialias=True)
 
 

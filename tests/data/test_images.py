@@ -9,17 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lavise.data.geometry import transform_geometry
 from lavise.data.images import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     UndecodableImageError,
     decode_image,
     decode_jpegs_on_device,
     device_decodable_size,
-    normalize,
-    preprocess,
 )
+from lavise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, preprocess, transform_geometry
 
 
 @pytest.fixture(scope="module")

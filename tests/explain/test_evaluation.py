@@ -22,8 +22,8 @@ from PIL import Image
 
 import lavise.explain.evaluation as evaluation
 from lavise.data.embeddings import WordEmbeddings
-from lavise.data.geometry import masks_to_crop
 from lavise.data.masks import image_object_masks
+from lavise.data.transforms import masks_to_crop
 from lavise.explain.evaluation import evaluate_explanations, filter_explanation, image_weights, load_vocabulary
 
 N_IMAGES, CHANNELS, GRID, EMB = 10, 512, 7, 16
@@ -312,7 +312,8 @@ def test_recall_matches_direct_computation(cache, evaluated) -> None:
 def test_image_masking_matches_direct_computation(cache, evaluated) -> None:
     """Mask each top image's normalised pixels outside the upsampled region, re-run the same
     (seeded, random) ResNet-18 to layer4, pool, explain, rank the words: recall from that."""
-    from lavise.data.images import decode_image, preprocess
+    from lavise.data.images import decode_image
+    from lavise.data.transforms import preprocess
     from lavise.models.backbones import build_feature_extractor
 
     (u,) = EVALUATE["image_masking_filters"]

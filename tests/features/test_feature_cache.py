@@ -17,9 +17,9 @@ from pycocotools import mask as mask_utils
 from safetensors.torch import save_file
 from torchvision.models import get_model
 
-from lavise.data.geometry import mask_to_grid, masks_to_crop
-from lavise.data.images import decode_image, preprocess
+from lavise.data.images import decode_image
 from lavise.data.masks import image_object_masks
+from lavise.data.transforms import mask_to_grid, masks_to_crop, preprocess
 from lavise.features import cache as feature_cache
 from lavise.features.cache import ImageObjectsDataset, build_feature_cache, open_feature_cache
 from lavise.models.backbones import build_feature_extractor, resolve_weights

@@ -133,7 +133,8 @@ def test_demo_cache_thresholds_and_top_images_link_up(demo_repo: Path) -> None:
     import pandas as pd
     import torch
 
-    from lavise.data.images import decode_image, preprocess
+    from lavise.data.images import decode_image
+    from lavise.data.transforms import preprocess
     from lavise.models.backbones import build_feature_extractor
 
     params = yaml.safe_load((demo_repo / "params.yaml").read_text())

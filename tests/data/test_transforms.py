@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as tvf
 
-from lavise.data.geometry import mask_to_grid, masks_to_crop, resized_size, transform_geometry
+from lavise.data.transforms import mask_to_grid, masks_to_crop, resized_size, transform_geometry
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The single resize -> centre-crop mapping shared by images and their masks.
+"""Every pixel transform: the single resize -> centre-crop mapping shared by images and their
+masks, and the normalisation of model inputs.
 
 FACT2023 cropped images and masks differently, so the pooled "object" vectors described pixels
 that were not the object. Here every image and every mask goes through ``transform_geometry``
@@ -70,3 +71,26 @@ def mask_to_grid(soft: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if soft.shape[0] == 0:
         return soft.new_zeros((0, height, width))
     return nnf.adaptive_avg_pool2d(soft.unsqueeze(1), (height, width)).squeeze(1)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet mean/std normalisation of float images in [0, 1] (``[..., 3, H, W]``)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def preprocess(img_uint8: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+    """Resize -> centre-crop -> normalise an RGB uint8 image to float ``[3, crop, crop]``.
+
+    The geometry runs on uint8 (torchvision's fast path) through the same
+    ``transform_geometry`` the masks use.
+    """
+    if img_uint8.dtype != torch.uint8 or img_uint8.ndim != 3 or img_uint8.shape[0] != 3:
+        raise ValueError(f"expected an RGB uint8 image [3, H, W], got {img_uint8.dtype} {tuple(img_uint8.shape)}")
+    cropped = transform_geometry(img_uint8, resize, crop)
+    return normalize(cropped.to(torch.float32) / 255.0)
