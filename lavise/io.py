@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -101,3 +102,8 @@ def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
         while chunk := f.read(1 << 20):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def json_float(value: float | None, decimals: int = 6) -> float | None:
+    """``value`` rounded for a metrics file; ``None`` (JSON null) for a missing, NaN or infinite value."""
+    return None if value is None or not math.isfinite(value) else round(float(value), decimals)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from stages.params import ParamsError, load_params
 
+Check = Callable[[Mapping[str, Any], Path], None]
 
-def start_stage(description: str | None, **default_paths: str) -> tuple[argparse.Namespace, dict[str, Any]]:
+
+def start_stage(
+    description: str | None, *, checks: Sequence[Check] = (), **default_paths: str
+) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Parse ``--<name> PATH`` options (defaults = the paths in dvc.yaml; ``target_model`` becomes
     ``--target-model``), configure logging, and load the validated params.yaml.
 
@@ -25,6 +30,8 @@ def start_stage(description: str | None, **default_paths: str) -> tuple[argparse
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         params = load_params()
+        for check in checks:  # e.g. stages.backbone_params.validate_backbone, for the stages that load a model
+            check(params, Path("params.yaml").resolve().parent)
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

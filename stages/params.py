@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from lavise import options
+
 Validator = Callable[[str, Any], None]
 
 
@@ -20,14 +22,14 @@ class ParamsError(ValueError):
     """A params.yaml key is unknown, missing, or has a value outside its allowed set."""
 
 
-def _fail(key: str, value: Any, allowed: str) -> None:
+def fail(key: str, value: Any, allowed: str) -> None:
     raise ParamsError(f"params.yaml: `{key}` = {value!r} is invalid; allowed: {allowed}.")
 
 
 def one_of(*choices: Any) -> Validator:
     def check(key: str, value: Any) -> None:
         if value not in choices:
-            _fail(key, value, " | ".join(map(str, choices)))
+            fail(key, value, " | ".join(map(str, choices)))
 
     return check
 
@@ -40,7 +42,7 @@ def integer(low: int | None = None, high: int | None = None, nullable: bool = Fa
         ok = ok and (low is None or value >= low) and (high is None or value <= high)
         if not ok:
             bounds = f"an integer in [{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-            _fail(key, value, bounds + (" or null" if nullable else ""))
+            fail(key, value, bounds + (" or null" if nullable else ""))
 
     return check
 
@@ -64,7 +66,7 @@ def number(low: float, high: float, *, open_low: bool = False, open_high: bool =
             hint = ""
             if isinstance(value, str) and _parses_as_float(value):
                 hint = f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-4, or as 0.0001)"
-            _fail(key, value, f"a number in {lb}{low}, {high}{rb}{hint}")
+            fail(key, value, f"a number in {lb}{low}, {high}{rb}{hint}")
 
     return check
 
@@ -74,7 +76,7 @@ def text(nullable: bool = False) -> Validator:
         if value is None and nullable:
             return
         if not isinstance(value, str) or not value:
-            _fail(key, value, "a non-empty string" + (" or null" if nullable else ""))
+            fail(key, value, "a non-empty string" + (" or null" if nullable else ""))
 
     return check
 
@@ -85,45 +87,45 @@ def all_or_indices(key: str, value: Any) -> None:
     if isinstance(value, dict):
         every = value.get("every")
         if set(value) != {"every"} or not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            _fail(key, value, "`all`, `{every: k}` with an integer k >= 1, or a list of filter indices")
+            fail(key, value, "`all`, `{every: k}` with an integer k >= 1, or a list of filter indices")
         return
     if not (isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value)):
-        _fail(key, value, "`all`, `{every: k}` or a non-empty list of filter indices (integers >= 0)")
+        fail(key, value, "`all`, `{every: k}` or a non-empty list of filter indices (integers >= 0)")
     if len(set(value)) != len(value):
-        _fail(key, value, "a list without repeated filter indices")
+        fail(key, value, "a list without repeated filter indices")
 
 
 def index_list(key: str, value: Any) -> None:
     if not (isinstance(value, list) and all(isinstance(v, int) and v >= 0 for v in value)):
-        _fail(key, value, "a list of filter indices (integers >= 0), possibly empty")
+        fail(key, value, "a list of filter indices (integers >= 0), possibly empty")
 
 
 def subset_of(*choices: str) -> Validator:
     def check(key: str, value: Any) -> None:
         if not (isinstance(value, list) and value and set(value) <= set(choices) and len(set(value)) == len(value)):
-            _fail(key, value, f"a non-empty list without repeats drawn from {list(choices)}")
+            fail(key, value, f"a non-empty list without repeats drawn from {list(choices)}")
 
     return check
 
 
 def top_s_list(key: str, value: Any) -> None:
     if not (isinstance(value, list) and value and all(isinstance(v, int) and v >= 1 for v in value)):
-        _fail(key, value, "a non-empty list of integers >= 1")
+        fail(key, value, "a non-empty list of integers >= 1")
     if sorted(set(value)) != value:
-        _fail(key, value, "a strictly increasing list of integers >= 1")
+        fail(key, value, "a strictly increasing list of integers >= 1")
 
 
 SCHEMA: dict[str, Any] = {
-    "dataset": one_of("coco", "vg"),
+    "dataset": one_of(*options.DATASETS),
     "data": {
-        "source": one_of("demo", "official"),
-        "datasets": subset_of("coco", "vg"),
-        "glove_dim": one_of(50, 100, 200, 300),
+        "source": one_of(*options.SOURCES),
+        "datasets": subset_of(*options.DATASETS),
+        "glove_dim": one_of(*options.GLOVE_DIMS),
         "demo_seed": integer(0),
     },
     "preprocess": {
         "min_images": integer(1),
-        "coco_crowd": one_of("include", "exclude"),
+        "coco_crowd": one_of(*options.COCO_CROWD),
     },
     "split": {
         "val_fraction": number(0.0, 1.0, open_low=True, open_high=True),
@@ -149,26 +151,28 @@ SCHEMA: dict[str, Any] = {
         "weight_decay": number(0.0, 1.0),
         "crop": integer(16),
         "seed": integer(0),
+        "num_workers": integer(0, 64),
+        "device": one_of(*options.DEVICES),
     },
     "features": {
         "batch_size": integer(1),
         "num_workers": integer(0, 64),
-        "device": one_of("auto", "cpu", "cuda"),
-        "decode": one_of("workers", "device"),
+        "device": one_of(*options.DEVICES),
+        "decode": one_of(*options.DECODE_MODES),
         "chunk_images": integer(1),
     },
     "train": {
         "hidden_dim": integer(1, nullable=True),
         "dropout": number(0.0, 1.0, open_high=True),
         "margin": number(0.0, 100.0, open_low=True),
-        "optimizer": one_of("dadapt_adam", "adam"),
+        "optimizer": one_of(*options.OPTIMIZERS),
         "lr": number(0.0, 100.0, open_low=True),
         "batch_size": integer(2),  # BatchNorm needs two samples
         "epochs": integer(1),
         "patience": integer(1),
         "lr_patience": integer(0),
         "seed": integer(0),
-        "device": one_of("auto", "cpu", "cuda"),
+        "device": one_of(*options.DEVICES),
     },
     "evaluate": {
         "p": integer(1),
@@ -178,17 +182,17 @@ SCHEMA: dict[str, Any] = {
         "vocabulary": text(),
         "filters": all_or_indices,
         "image_masking_filters": all_or_indices,
-        "word_weighting": one_of("activation", "count"),
+        "word_weighting": one_of(*options.WORD_WEIGHTINGS),
         "heatmap_filters": index_list,
         "batch_size": integer(1),
-        "device": one_of("auto", "cpu", "cuda"),
+        "device": one_of(*options.DEVICES),
     },
 }
 
 
 def _validate_tree(schema: Mapping[str, Any], values: Any, prefix: str) -> None:
     if not isinstance(values, Mapping):
-        _fail(prefix or "<root>", values, f"a mapping with keys {sorted(schema)}")
+        fail(prefix or "<root>", values, f"a mapping with keys {sorted(schema)}")
     unknown = sorted(set(values) - set(schema))
     if unknown:
         key = f"{prefix}{unknown[0]}"
@@ -204,52 +208,25 @@ def _validate_tree(schema: Mapping[str, Any], values: Any, prefix: str) -> None:
             rule(key, values[name])
 
 
-def _validate_backbone(params: Mapping[str, Any], root: Path) -> None:
-    """Model, layer and weights against what `lavise.models.backbones` will accept, before any work."""
-    from lavise.models import backbones
-
-    backbone = params["backbone"]
-    models = backbones.classification_models()
-    if backbone["name"] not in models:
-        _fail("backbone.name", backbone["name"], "a torchvision classification model: " + ", ".join(models))
-    layers = backbones.layer_names(backbone["name"])
-    if backbone["layer"] not in layers:
-        top = [n for n in layers if "." not in n]
-        _fail(
-            "backbone.layer",
-            backbone["layer"],
-            f"a module name of {backbone['name']} (top level: {', '.join(top)}; nested names such as "
-            f"{layers[min(len(layers) - 1, 5)]} are allowed too)",
-        )
-    for section, key, special in (("backbone", "weights", ("none", "target")), ("target", "init", ("none",))):
-        value = params[section][key]
-        if value in special:
-            continue
-        if backbones.looks_like_checkpoint(value):
-            path = Path(value) if Path(value).is_absolute() else root / value
-            if not path.is_file():
-                _fail(f"{section}.{key}", value, "an existing checkpoint file (.pt, .pth, .safetensors)")
-            continue
-        names = backbones.weight_names(backbone["name"])
-        if value not in names:
-            _fail(f"{section}.{key}", value, " | ".join([*special, *names, "a checkpoint path"]))
-    if params["transform"]["crop"] > params["transform"]["resize"]:
-        _fail(
-            "transform.crop", params["transform"]["crop"], f"at most transform.resize ({params['transform']['resize']})"
-        )
-
-
 def validate_params(params: Mapping[str, Any], root: Path = Path(".")) -> None:
     """Raise ParamsError for the first unknown key, missing key or bad value."""
     _validate_tree(SCHEMA, params, "")
     if params["dataset"] not in params["data"]["datasets"]:
-        _fail("dataset", params["dataset"], f"one of data.datasets {params['data']['datasets']}")
-    if params["data"]["source"] == "demo" and params["data"]["glove_dim"] != 50:
-        _fail("data.glove_dim", params["data"]["glove_dim"], "50 with data.source: demo (the offline GloVe is 50d)")
+        fail("dataset", params["dataset"], f"one of data.datasets {params['data']['datasets']}")
+    if params["data"]["source"] == "demo" and params["data"]["glove_dim"] != options.DEMO_GLOVE_DIM:
+        fail(
+            "data.glove_dim",
+            params["data"]["glove_dim"],
+            f"{options.DEMO_GLOVE_DIM} with data.source: demo (the offline GloVe is {options.DEMO_GLOVE_DIM}d)",
+        )
+    if params["transform"]["crop"] > params["transform"]["resize"]:
+        fail(
+            "transform.crop", params["transform"]["crop"], f"at most transform.resize ({params['transform']['resize']})"
+        )
+
     vocabulary = params["evaluate"]["vocabulary"]
     if vocabulary != "glove" and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
-        _fail("evaluate.vocabulary", vocabulary, "glove | a path to an existing word-list file")
-    _validate_backbone(params, root)
+        fail("evaluate.vocabulary", vocabulary, "glove | a path to an existing word-list file")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

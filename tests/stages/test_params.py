@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.backbone_params import validate_backbone
 from stages.params import ParamsError, load_params, validate_params
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def validate_all(params: dict, root: Path) -> None:
+    """What a model-loading stage checks: the whole file, then the backbone."""
+    validate_params(params, root)
+    validate_backbone(params, root)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,7 @@ def test_bad_value_names_key_and_allowed(defaults: dict, path: tuple, value: obj
         node = node[key]
     node[path[-1]] = value
     with pytest.raises(ParamsError) as err:
-        validate_params(params, ROOT)
+        validate_all(params, ROOT)
     assert fragment in str(err.value)
 
 
@@ -73,10 +80,22 @@ def test_unknown_and_missing_keys(defaults: dict) -> None:
 def test_nested_layer_and_other_models_accepted(defaults: dict, tmp_path: Path) -> None:
     params = copy.deepcopy(defaults)
     params["backbone"].update(name="alexnet", layer="features.10", weights="IMAGENET1K_V1")
-    validate_params(params, ROOT)
+    validate_all(params, ROOT)
     params["backbone"].update(name="resnet50", layer="layer4.1.conv2", weights="none")
-    validate_params(params, ROOT)
+    validate_all(params, ROOT)
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"x")
     params["backbone"]["weights"] = str(checkpoint)
+    validate_all(params, ROOT)
+
+
+def test_file_checks_import_no_model_code(defaults: dict) -> None:
+    """Download and annotations validate params without the backbone module: a bad model name
+    is left to the stages that load a model, which run `validate_backbone`."""
+    params = copy.deepcopy(defaults)
+    params["backbone"]["name"] = "resnet19"
     validate_params(params, ROOT)
+    with pytest.raises(ParamsError, match="`backbone.name` = 'resnet19'"):
+        validate_backbone(params, ROOT)
+    source = (ROOT / "stages" / "params.py").read_text() + (ROOT / "stages" / "cli.py").read_text()
+    assert "lavise.models" not in source and "backbones" not in source.replace("backbone_params", "")
