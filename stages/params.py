@@ -229,11 +229,50 @@ def validate_params(params: Mapping[str, Any], root: Path = Path(".")) -> None:
         fail("evaluate.vocabulary", vocabulary, "glove | a path to an existing word-list file")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML says last wins, silently;
+    `dvc repro` rejects such a file, so the stage scripts must too)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ParamsError(
+                    f"params.yaml line {line}: duplicate key `{key}` (first written at line {first_line[key]})."
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_params_text(data: bytes, name: str = "params.yaml") -> Any:
+    """YAML from bytes, every problem as one ParamsError naming the line: bad UTF-8, a tab, a
+    syntax error, a duplicate key."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ParamsError(
+            f"{name} line {line}: byte 0x{data[error.start]:02x} is not UTF-8 text; save the file as UTF-8."
+        ) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = (error.problem or error.context or "invalid YAML").replace("\t", "\\t")
+        hint = " (indent with spaces, not tabs)" if "\\t" in problem else ""
+        raise ParamsError(f"{name}{where}: {problem}{hint}.") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{name}: invalid YAML: {error}.") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read and validate params.yaml; the returned dict is the only source of settings."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file {path} not found; run the stage from the repository root.")
-    params = yaml.safe_load(path.read_text())
+    params = parse_params_text(path.read_bytes(), path.name)
     validate_params(params, path.resolve().parent)
     return params

@@ -99,3 +99,48 @@ def test_file_checks_import_no_model_code(defaults: dict) -> None:
         validate_backbone(params, ROOT)
     source = (ROOT / "stages" / "params.py").read_text() + (ROOT / "stages" / "cli.py").read_text()
     assert "lavise.models" not in source and "backbones" not in source.replace("backbone_params", "")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            b"train:\n  epochs: 30\n  epochs: 1\n",
+            "params.yaml line 3: duplicate key `epochs` (first written at line 2).",
+        ),
+        (b"train:\n\tepochs: 30\n", "params.yaml line 2, column 1: found character '\\t' that cannot start any token"),
+        (b"train: [1, 2\nevaluate: 3\n", "params.yaml line 2, column 9: expected ',' or ']', but got ':'."),
+        (
+            b"dataset: vg\nbackbone: caf\xe9\n",
+            "params.yaml line 2: byte 0xe9 is not UTF-8 text; save the file as UTF-8.",
+        ),
+    ],
+)
+def test_unreadable_params_file_is_one_message(tmp_path: Path, data: bytes, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(message)
+
+
+def test_stage_script_rejects_duplicate_key_without_traceback(tmp_path: Path, defaults: dict) -> None:
+    """`dvc repro` refuses a duplicated key; a direct stage run must too (exit 2, one line)."""
+    import os
+    import subprocess
+    import sys
+
+    text = (ROOT / "params.yaml").read_text().replace("  epochs: 30\n", "  epochs: 30\n  epochs: 1\n", 1)
+    assert text.count("epochs: 1\n") == 1
+    (tmp_path / "params.yaml").write_text(text)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.download"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    duplicate = text[: text.index("  epochs: 1\n")].count("\n") + 1
+    first = text[: text.index("  epochs: 30\n")].count("\n") + 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: params.yaml line {duplicate}: duplicate key `epochs` (first written at line {first})."
+    ]

@@ -112,6 +112,8 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
         (("preprocess", "min_images"), 30, {"annotations"}),
         (("features", "batch_size"), 8, {"features"}),
         (("features", "decode"), "device", {"features"}),
+        (("features", "num_workers"), 0, {"features"}),
+        (("target", "num_workers"), 0, {"target"}),
         (("target", "lr"), 0.01, {"target"}),
         (("data", "demo_seed"), 3, {"download"}),
     ],
@@ -123,6 +125,26 @@ def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple
         assert stale_stages(demo_repo) == expected
     finally:
         (demo_repo / "params.yaml").write_text(original)
+    assert stale_stages(demo_repo) == set()
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("lavise/models/backbones.py", {"target", "features", "evaluate"}),
+        ("lavise/data/download.py", {"download"}),
+        ("lavise/models/explainer.py", {"train", "evaluate"}),
+    ],
+)
+def test_code_edit_invalidates_exactly_its_importers(demo_repo: Path, module: str, expected: set) -> None:
+    """Stage deps follow meaning: the backbone code re-runs only the stages that load a model."""
+    path = demo_repo / module
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# edited\n")
+        assert stale_stages(demo_repo) == expected
+    finally:
+        path.write_bytes(original)
     assert stale_stages(demo_repo) == set()
 
 
