@@ -1,9 +1,12 @@
-"""The shared start of every `stages/<name>.py`: paths from the command line, logging, params."""
+"""The shared start and end of every `stages/<name>.py`: paths from the command line, logging,
+validated params, and one line instead of a traceback for what the user can fix."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,3 +39,34 @@ def start_stage(
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     return args, params
+
+
+TRACEBACK_ENV = "LAVISE_TRACEBACK"  # set to 1 to see the traceback behind a one-line error
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's ``main``, ending with one line for what the user can fix rather than a
+    traceback: bad input (a ValueError or a missing file: exit 2), a full disk (exit 1), Ctrl-C
+    (exit 130, the shell's convention for SIGINT). Anything else is a bug and keeps its traceback,
+    and so does everything when ``LAVISE_TRACEBACK=1``.
+    """
+    show_traceback = bool(os.environ.get(TRACEBACK_ENV))
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, FileNotFoundError) as error:
+        if show_traceback:
+            raise
+        _fail_in_one_line(str(error), 2)
+    except OSError as error:
+        if error.errno != errno.ENOSPC or show_traceback:
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        _fail_in_one_line(f"no space left on the device{where}; free some space and run the stage again", 1)
+
+
+def _fail_in_one_line(message: str, status: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status) from None
