@@ -148,6 +148,40 @@ def test_code_edit_invalidates_exactly_its_importers(demo_repo: Path, module: st
     assert stale_stages(demo_repo) == set()
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "stage", "kept"),
+    [
+        (
+            ("evaluate", "p"),
+            -5,
+            "evaluate",
+            ["metrics/recall.json", "results/heatmaps", "results/explanations.parquet"],
+        ),
+        (("data", "source"), "xyz", "download", ["data/raw"]),
+    ],
+)
+def test_rejected_params_leave_every_output(demo_repo: Path, key: tuple, value: object, stage: str, kept: list) -> None:
+    """`dvc repro` with a params edit the stage rejects must not delete the outputs first."""
+    before = {name: _tree_digest(demo_repo / name) for name in kept}
+    original = (demo_repo / "params.yaml").read_text()
+    try:
+        set_params(demo_repo, {key: value})
+        result = dvc("repro", stage, "--single-item", cwd=demo_repo, check=False)
+        assert result.returncode != 0
+        assert f"`{'.'.join(key)}` = {value!r} is invalid" in result.stdout + result.stderr
+        assert {name: _tree_digest(demo_repo / name) for name in kept} == before
+    finally:
+        (demo_repo / "params.yaml").write_text(original)
+    assert stale_stages(demo_repo) == set()
+
+
+def _tree_digest(path: Path) -> dict[str, str]:
+    import hashlib
+
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(f.relative_to(path.parent)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+
+
 def test_demo_cache_thresholds_and_top_images_link_up(demo_repo: Path) -> None:
     """The real features -> evaluate link on the demo: cache rows are the right images under the
     trained target model, and evaluate's T_u and top images follow from the cache by definition."""
