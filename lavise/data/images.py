@@ -10,6 +10,11 @@ On a GPU, decoding can instead run batched on the device (nvJPEG through torchvi
 takes a narrower set of files than libjpeg-turbo and is less forgiving of damage, so only files
 whose header ``device_decodable_size`` accepts are sent there; everything else, and anything
 the device decoder still refuses, goes through ``decode_bytes`` exactly as on the CPU path.
+
+An image file has one of three statuses, written once here (:data:`IMAGE_STATUSES`): ``ok``,
+``missing`` (no file) or ``undecodable``. The annotations stage records them per image
+(:func:`check_image_files`); a reader that meets a bad file later gets the same status and a
+message naming the path from :func:`read_image`, instead of an exception.
 """
 
 from __future__ import annotations
@@ -20,11 +25,18 @@ import re
 import struct
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torchvision.io as tvio
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+OK = "ok"
+MISSING = "missing"
+UNDECODABLE = "undecodable"
+IMAGE_STATUSES = (OK, MISSING, UNDECODABLE)
 
 
 class UndecodableImageError(Exception):
@@ -76,6 +88,37 @@ def decode_bytes(data: bytes, label: str) -> torch.Tensor:
             ) from pil_error
 
 
+class UnreadableImage(NamedTuple):
+    """A file that gave no image: ``status`` (``missing`` or ``undecodable``) and why, path first."""
+
+    status: str
+    error: str
+
+
+def read_image_bytes(path: str | os.PathLike[str]) -> bytes | UnreadableImage:
+    """The bytes of ``path``, or ``UnreadableImage("missing", "<path>: file not found")``."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return UnreadableImage(MISSING, f"{path}: file not found")
+
+
+def read_image(path: str | os.PathLike[str]) -> torch.Tensor | UnreadableImage:
+    """``decode_image`` that returns an :class:`UnreadableImage` instead of raising.
+
+    RGB uint8 ``[3, H, W]`` for a readable file; ``missing`` for an absent one; ``undecodable``
+    (the decoders' message) for an empty, corrupt or truncated one. One bad file in a long run
+    is then a record to count and skip, the same record wherever it is read.
+    """
+    data = read_image_bytes(path)
+    if isinstance(data, UnreadableImage):
+        return data
+    try:
+        return decode_bytes(data, str(path))
+    except UndecodableImageError as error:
+        return UnreadableImage(UNDECODABLE, str(error))
+
+
 # What a complete file of each format ends with, before any zero padding: JPEG's end-of-image
 # marker, PNG's IEND chunk. A truncated file keeps its header but loses its ending.
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
@@ -89,6 +132,51 @@ def ends_complete(tail: bytes, image_format: str | None) -> bool:
     """
     marker = END_MARKERS.get(image_format or "")
     return marker is not None and tail.rstrip(b"\x00").endswith(marker)
+
+
+_TAIL_BYTES = 1024  # enough for the end marker behind any zero padding seen in practice
+
+
+def _header_and_tail(path: str) -> tuple[str | None, bytes]:
+    """The format PIL reads from the header and the file's last ``_TAIL_BYTES``, in one open."""
+    with open(path, "rb") as file:
+        with Image.open(file) as image:
+            image_format = image.format
+        size = file.seek(0, os.SEEK_END)
+        file.seek(max(0, size - _TAIL_BYTES))
+        return image_format, file.read()
+
+
+def check_image_file(path: str) -> str:
+    """Status of one file: ``ok``, ``missing`` or ``undecodable`` (see :func:`check_image_files`)."""
+    if not os.path.isfile(path):
+        return MISSING
+    try:
+        image_format, tail = _header_and_tail(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return UNDECODABLE
+    if ends_complete(tail, image_format):
+        return OK
+    try:
+        decode_image(path)
+        return OK
+    except UndecodableImageError:
+        return UNDECODABLE
+
+
+def check_image_files(raw_dir: Path, paths: list[str]) -> np.ndarray:
+    """Status per image (object array): ``ok``, ``missing`` or ``undecodable``.
+
+    A header parse catches files that are no image; a truncated file still has a valid header,
+    so the last KiB is checked for the format's end marker as well. Only files without one
+    (truncated, trailing bytes after the marker, or another format) are decoded in full, so the
+    cost stays a header read for almost every image and a truncated download is counted when the
+    annotation tables are built, not first discovered by `features`.
+    """
+    status = np.empty(len(paths), dtype=object)
+    for index, relative in enumerate(tqdm(paths, desc="check image files", unit="img", mininterval=2.0)):
+        status[index] = check_image_file(os.path.join(raw_dir, relative))
+    return status
 
 
 # Start-of-frame markers nvJPEG decodes: baseline, extended sequential and progressive Huffman.

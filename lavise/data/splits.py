@@ -6,7 +6,7 @@
   n >= 2, so neither side is empty).
 - Seen/unseen: ``round(seen_fraction * n)`` of the categories (at least 1 of each when n >= 2)
   sampled WITHOUT replacement. The reference code samples with replacement, so far fewer than
-  70% distinct categories end up seen (docs: LAVISE.md §2).
+  70% distinct categories end up seen (docs/PROTOCOL.md).
 
 Each split draws from its own stream (``default_rng([seed, stream])``) so changing one split's
 fraction does not reshuffle the other.

@@ -1,6 +1,6 @@
 """Visual Genome ``objects.json`` + ``image_data.json`` -> merged objects, categories, rejections.
 
-Decisions (LAVISE.md §5; the shared filtering and splits are in `lavise.data.annotation_tables`):
+Decisions (docs/PROTOCOL.md; the shared filtering and splits are in `lavise.data.annotation_tables`):
 
 - An object's category is its FIRST WordNet synset, canonicalised through NLTK
   (``wordnet.synset(name).name()``), so names sharing a synset merge ("car" and "automobile"
@@ -23,7 +23,7 @@ Decisions (LAVISE.md §5; the shared filtering and splits are in `lavise.data.an
 - The image path is ``images/<basename of url>`` (the download merges VG_100K and VG_100K_2),
   or ``images/<image_id>.jpg`` when the url is absent.
 
-Parsing uses orjson when installed (stdlib json otherwise); after parsing, everything is numpy
+Parsing goes through `lavise.data.raw_json` (orjson); after parsing, everything is numpy
 and pyarrow columns: no per-object Python except the attribute extraction itself.
 """
 
@@ -39,26 +39,14 @@ import pandas as pd
 import pyarrow as pa
 from nltk.corpus.reader.wordnet import WordNetError
 
-from lavise.data.annotation_tables import (
+from lavise.data.annotation_schema import (
     NOT_IN_EMBEDDING,
     PARSED_OBJECTS_SCHEMA,
     ParsedAnnotations,
     rejected_frame,
 )
 from lavise.data.masks import box_pixel_bounds
-
-try:
-    import orjson
-
-    def _loads(data: bytes) -> Any:
-        return orjson.loads(data)
-
-except ImportError:  # pragma: no cover - orjson is in the pinned environment
-    import json
-
-    def _loads(data: bytes) -> Any:
-        return json.loads(data)
-
+from lavise.data.raw_json import read_dataset_json
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +55,6 @@ INVALID_IMAGE_SIZE = "invalid_image_size"
 NO_SYNSET = "no_synset"
 UNKNOWN_SYNSET = "unknown_synset"
 DEGENERATE_BOX = "degenerate_box"
-
-
-def read_json(path: Path) -> Any:
-    """Parse a (large) JSON file in one call, with a clear error on a missing file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the download stage first")
-    return _loads(path.read_bytes())
 
 
 def _id(value: Any) -> int:
@@ -197,50 +177,60 @@ def union_box_areas(
     return areas
 
 
-def parse_visual_genome(raw_dir: Path, vocabulary: Container[str], wordnet: Any) -> ParsedAnnotations:
-    """Read ``raw_dir/{image_data,objects}.json`` into merged objects (one per image and synset)."""
-    raw_dir = Path(raw_dir)
+def _read(raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The image table and the flat object rows of ``raw_dir``'s two JSON files."""
     log.info("reading %s", raw_dir / "image_data.json")
-    images = image_table(read_json(raw_dir / "image_data.json"))
+    images = image_table(read_dataset_json(raw_dir / "image_data.json"))
     log.info("reading %s", raw_dir / "objects.json")
-    flat = flatten_objects(read_json(raw_dir / "objects.json"))
-    n_records = len(flat)
-    log.info("%d objects in %d image entries", n_records, flat["image_id"].nunique())
+    flat = flatten_objects(read_dataset_json(raw_dir / "objects.json"))
+    log.info("%d objects in %d image entries", len(flat), flat["image_id"].nunique())
+    return images, flat
 
+
+def _zero_invalid_sizes(images: pd.DataFrame) -> np.ndarray:
+    """Set a missing or non-positive width or height to 0 (int32) in place; return which were valid."""
     valid_size = ((images["width"] > 0) & (images["height"] > 0)).to_numpy()
     images["width"] = images["width"].where(valid_size, 0).astype(np.int32)
     images["height"] = images["height"].where(valid_size, 0).astype(np.int32)
+    return valid_size
 
-    size = images.set_index("image_id")[["width", "height"]]
-    width = size["width"].reindex(flat["image_id"]).to_numpy(np.float64)
-    height = size["height"].reindex(flat["image_id"]).to_numpy(np.float64)
-    reason = np.full(n_records, None, dtype=object)
-    reason[np.isnan(width)] = UNKNOWN_IMAGE
-    reason[(width == 0) | (height == 0)] = INVALID_IMAGE_SIZE
 
-    synset_raw = flat["synset"].to_numpy(dtype=object)
-    reason[(reason == None) & pd.isna(synset_raw)] = NO_SYNSET  # noqa: E711 - elementwise on object array
+def _canonical_synset_column(synset_raw: np.ndarray, wordnet: Any) -> np.ndarray:
+    """Each object's canonical synset (object array), None when absent or unknown to WordNet."""
     raw_codes, raw_names = pd.factorize(synset_raw)
     canonical = canonical_synsets(raw_names.tolist(), wordnet)
     canonical_of_raw = np.array([canonical[name] for name in raw_names.tolist()] + [None], dtype=object)
-    synset = canonical_of_raw[raw_codes]  # code -1 (NaN) maps to the trailing None
-    reason[(reason == None) & pd.isna(synset)] = UNKNOWN_SYNSET  # noqa: E711
+    return canonical_of_raw[raw_codes]  # code -1 (NaN) maps to the trailing None
 
+
+def _clip_boxes(flat: pd.DataFrame, width: np.ndarray, height: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes clipped to their image as x, y, w, h [n, 4], and which are degenerate after clipping."""
     x0 = np.clip(flat["x"].to_numpy(), 0, width)
     y0 = np.clip(flat["y"].to_numpy(), 0, height)
     x1 = np.clip(flat["x"].to_numpy() + flat["w"].to_numpy(), 0, width)
     y1 = np.clip(flat["y"].to_numpy() + flat["h"].to_numpy(), 0, height)
     with np.errstate(invalid="ignore"):
         degenerate = ~np.isfinite(x0 + y0 + x1 + y1) | (x1 - x0 <= 0) | (y1 - y0 <= 0)
+    return np.column_stack([x0, y0, x1 - x0, y1 - y0]), degenerate
+
+
+def _rejection_reasons(
+    width: np.ndarray, height: np.ndarray, synset_raw: np.ndarray, synset: np.ndarray, degenerate: np.ndarray
+) -> np.ndarray:
+    """Per object the first matching rejection reason (module docstring order), None when valid."""
+    reason = np.full(len(width), None, dtype=object)
+    reason[np.isnan(width)] = UNKNOWN_IMAGE
+    reason[(width == 0) | (height == 0)] = INVALID_IMAGE_SIZE
+    reason[(reason == None) & pd.isna(synset_raw)] = NO_SYNSET  # noqa: E711 - elementwise on object array
+    reason[(reason == None) & pd.isna(synset)] = UNKNOWN_SYNSET  # noqa: E711
     reason[(reason == None) & degenerate] = DEGENERATE_BOX  # noqa: E711
-    valid = reason == None  # noqa: E711
-    original = flat[["x", "y", "w", "h"]].to_numpy()
-    clipped_boxes = np.column_stack([x0, y0, x1 - x0, y1 - y0])
-    n_clipped = int((np.abs(clipped_boxes - original).max(axis=1)[valid] > 0).sum())
+    return reason
 
-    rejected = rejected_frame(flat["source_id"].to_numpy()[~valid], flat["image_id"].to_numpy()[~valid], reason[~valid])
-    distinct_names = int(flat["name"].nunique())
 
+def _merged_objects(
+    flat: pd.DataFrame, synset: np.ndarray, clipped_boxes: np.ndarray, valid: np.ndarray, size: pd.DataFrame
+) -> tuple[np.ndarray, pa.Table]:
+    """The sorted category names and one object per (image, synset) of the valid rows."""
     category_codes, category_names = pd.factorize(synset[valid], sort=True)
     image_ids = flat["image_id"].to_numpy()[valid]
     source_ids = flat["source_id"].to_numpy()[valid]
@@ -256,7 +246,6 @@ def parse_visual_genome(raw_dir: Path, vocabulary: Container[str], wordnet: Any)
     group_height = size["height"].reindex(group_images).to_numpy(np.int64)
     group_width = size["width"].reindex(group_images).to_numpy(np.int64)
     areas = union_box_areas(boxes, offsets, group_height, group_width)
-
     objects = pa.table(
         {
             "image_id": pa.array(group_images, pa.int64()),
@@ -272,22 +261,45 @@ def parse_visual_genome(raw_dir: Path, vocabulary: Container[str], wordnet: Any)
         },
         schema=PARSED_OBJECTS_SCHEMA,
     )
+    return category_names, objects
 
+
+def _categories(category_names: np.ndarray, vocabulary: Container[str], wordnet: Any) -> pd.DataFrame:
+    """Each synset with its embedding tokens, ``not_in_embedding`` when no lemma fits."""
     tokens: list[list[str]] = []
     drop_reason: list[str | None] = []
     for name in category_names.tolist():
         chosen = choose_tokens(wordnet.synset(name).lemma_names(), vocabulary)
         tokens.append(chosen or [])
         drop_reason.append(None if chosen else NOT_IN_EMBEDDING)
-    categories = pd.DataFrame(
+    return pd.DataFrame(
         {"category": list(category_names), "synset": list(category_names), "tokens": tokens, "drop_reason": drop_reason}
     )
+
+
+def parse_visual_genome(raw_dir: Path, vocabulary: Container[str], wordnet: Any) -> ParsedAnnotations:
+    """Read ``raw_dir/{image_data,objects}.json`` into merged objects (one per image and synset)."""
+    images, flat = _read(Path(raw_dir))
+    valid_size = _zero_invalid_sizes(images)
+    size = images.set_index("image_id")[["width", "height"]]
+    width = size["width"].reindex(flat["image_id"]).to_numpy(np.float64)
+    height = size["height"].reindex(flat["image_id"]).to_numpy(np.float64)
+    synset_raw = flat["synset"].to_numpy(dtype=object)
+    synset = _canonical_synset_column(synset_raw, wordnet)
+    clipped_boxes, degenerate = _clip_boxes(flat, width, height)
+    reason = _rejection_reasons(width, height, synset_raw, synset, degenerate)
+    valid = reason == None  # noqa: E711
+    original = flat[["x", "y", "w", "h"]].to_numpy()
+    n_clipped = int((np.abs(clipped_boxes - original).max(axis=1)[valid] > 0).sum())
+    rejected = rejected_frame(flat["source_id"].to_numpy()[~valid], flat["image_id"].to_numpy()[~valid], reason[~valid])
+    category_names, objects = _merged_objects(flat, synset, clipped_boxes, valid, size)
+    categories = _categories(category_names, vocabulary, wordnet)
     log.info(
         "%d valid objects -> %d merged objects, %d synsets (%d without embedding tokens), %d clipped boxes",
         int(valid.sum()),
         objects.num_rows,
         len(categories),
-        sum(r is not None for r in drop_reason),
+        int(categories["drop_reason"].notna().sum()),
         n_clipped,
     )
     return ParsedAnnotations(
@@ -295,9 +307,9 @@ def parse_visual_genome(raw_dir: Path, vocabulary: Container[str], wordnet: Any)
         objects=objects,
         categories=categories,
         rejected=rejected,
-        n_records=n_records,
+        n_records=len(flat),
         statistics={
-            "before.names": distinct_names,
+            "before.names": int(flat["name"].nunique()),
             "before.images_with_invalid_size": int((~valid_size).sum()),
             "before.clipped_boxes": n_clipped,
         },

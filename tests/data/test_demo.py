@@ -23,9 +23,9 @@ from lavise.data.demo import (
     ARCHIVES,
     COCO_CATEGORIES,
     build_demo_archives,
-    serve_directory,
     uncompressed_rle,
 )
+from lavise.data.demo_server import serve_directory
 from lavise.data.embeddings import WordEmbeddings, build_from_pypi_50d
 
 SEED = 0

@@ -29,6 +29,7 @@ from lavise.data.download import (
     zip_problem,
 )
 from lavise.io import file_digest
+from stages.download import OFFLINE_ALTERNATIVE
 
 
 @dataclass
@@ -275,6 +276,7 @@ def test_offline_error_names_url_file_and_remedy(tmp_path: Path, url: str, monke
             size=19336861798,
             md5="cced6f7f71b7629ddf16f17bbcfab6b2",
             sleep=lambda s: pytest.fail("offline must not retry"),
+            offline_alternative=OFFLINE_ALTERNATIVE,
             **FAST,
         )
     message = str(caught.value)
@@ -292,6 +294,7 @@ def test_offline_message_says_what_is_checked_without_checksum(tmp_path: Path) -
     assert "no checksum or size is published" in message
     assert "complete, readable zip archive will be checked" in message
     assert "verified" not in message
+    assert "data.source" not in message  # the library names no params key; the stage adds its remedy
     with pytest.raises(OfflineError, match="its size \\(862182613 bytes\\) and that it is a complete"):
         fetch(url, tmp_path / "glove.6B.zip", size=862182613, verify_zip=True, **FAST)
     with pytest.raises(OfflineError, match="reused without verification"):

@@ -15,7 +15,9 @@ from lavise.data.embeddings import (
     build_from_glove_zip,
     build_from_pypi_50d,
     normalise_rows,
+    write_store,
 )
+from tests.writers.glove import write_glove_store
 
 # Three words of dimension 50 in the official format; '"' and 'null' are real GloVe tokens that a
 # CSV reader with quoting or null detection on would mangle, and one row is all zeros.
@@ -85,6 +87,25 @@ def test_word_embeddings_lookup(tiny_glove_zip: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(emb.vectors_of(["null", "dog"]), np.asarray(emb.vectors)[[1, 2]])
     with pytest.raises(KeyError, match="cat.*zebra|zebra.*cat"):
         emb.index_of(["dog", "cat", "zebra"])
+
+
+def test_write_store_is_the_format_the_builders_write(tiny_glove_zip: Path, tmp_path: Path) -> None:
+    build_from_glove_zip(tiny_glove_zip, 50, tmp_path / "built")
+    write_store(tmp_path / "written", TINY_WORDS, _tiny_rows())
+    for name in ("vectors.npy", "vocab.parquet"):
+        assert (tmp_path / "built" / name).read_bytes() == (tmp_path / "written" / name).read_bytes(), name
+    with pytest.raises(ValueError, match="duplicate"):
+        write_store(tmp_path / "twice", ["dog", "dog"], np.ones((2, 3)))
+    assert not (tmp_path / "twice").exists()
+
+
+def test_glove_store_writer(tmp_path: Path) -> None:
+    emb = WordEmbeddings.load(write_glove_store(tmp_path / "eye", ["a", "b"], np.array([[2.0, 0.0], [0.0, 0.5]])))
+    np.testing.assert_array_equal(emb.vectors, [[1.0, 0.0], [0.0, 1.0]])
+    assert emb.vectors.dtype == np.float32 and list(emb.words) == ["a", "b"]
+    drawn = WordEmbeddings.load(write_glove_store(tmp_path / "random", ["x", "y", "z"], dim=4, seed=0))
+    rows = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(drawn.vectors, rows / np.linalg.norm(rows, axis=1, keepdims=True))
 
 
 def test_load_missing_store_is_clear(tmp_path: Path) -> None:

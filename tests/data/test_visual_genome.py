@@ -12,21 +12,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from lavise.data.annotation_tables import (
-    CATEGORIES_SCHEMA,
-    IMAGES_SCHEMA,
-    OBJECTS_SCHEMA,
-    REJECTED_SCHEMA,
-    build_annotation_tables,
-    finish_tables,
-)
+import stages.annotations as stage
+from lavise.data.annotation_schema import CATEGORIES_SCHEMA, IMAGES_SCHEMA, OBJECTS_SCHEMA, REJECTED_SCHEMA
+from lavise.data.annotation_tables import finish_tables
 from lavise.data.masks import image_object_masks, object_mask
 from lavise.data.splits import split_images
 from lavise.data.visual_genome import choose_tokens, parse_visual_genome, union_box_areas
+from tests.writers.glove import write_glove_store
 
 VOCABULARY = {"car", "dog", "man", "traffic", "light", "tree", "t-shirt", "jersey"}
 
@@ -213,35 +208,23 @@ def test_images_emptied_by_the_filter_are_dropped_and_counted(tmp_path: Path, wo
     assert set(tables["images"]["status"].to_pylist()) == {"missing"}
 
 
-def _write_glove(directory: Path, words: list[str]) -> Path:
-    directory.mkdir(parents=True)
-    vectors = np.random.default_rng(0).normal(size=(len(words), 4)).astype(np.float32)
-    np.save(directory / "vectors.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    pq.write_table(pa.table({"word": words}), directory / "vocab.parquet")
-    return directory
-
-
-def test_build_annotation_tables_real_path(tmp_path: Path, wordnet_root: Path) -> None:
+def test_annotations_stage_steps_real_path(tmp_path: Path, wordnet_root: Path) -> None:
     raw = _hand_built(tmp_path / "raw" / "vg")
     (raw / "images").mkdir()
     Image.new("RGB", (100, 50), "red").save(raw / "images" / "1.jpg")
     (raw / "images" / "3.jpg").write_bytes(b"not a jpeg at all")
     out = tmp_path / "annotations"
     stats_path = tmp_path / "metrics" / "annotations.json"
-    stats = build_annotation_tables(
+    parsed = stage.parse(
         "vg",
         raw,
-        out,
-        embeddings_dir=_write_glove(tmp_path / "glove", sorted(VOCABULARY)),
+        embeddings_dir=write_glove_store(tmp_path / "glove", sorted(VOCABULARY)),
         wordnet_dir=wordnet_root,
-        min_images=1,
         coco_crowd="include",
-        val_fraction=0.5,
-        seen_fraction=0.7,
-        split_coco_categories=False,
-        seed=0,
-        stats_path=stats_path,
     )
+    split = {"val_fraction": 0.5, "seen_fraction": 0.7, "split_coco_categories": False, "seed": 0}
+    tables, statistics = stage.finish("vg", parsed, raw, {"min_images": 1, "coco_crowd": "include"}, split)
+    stats = stage.write_outputs("vg", tables, statistics, out, stats_path)
     assert json.loads(stats_path.read_text()) == stats
     schemas = {
         "images": IMAGES_SCHEMA,
@@ -288,31 +271,3 @@ def test_box_with_no_pixel_is_rejected_as_empty_mask(tmp_path: Path, wordnet: An
     )
     assert tables["rejected"].to_pylist() == [{"source_id": 1, "image_id": 1, "reason": "empty_mask"}]
     assert tables["objects"]["category"].to_pylist() == ["car.n.01"] and stats["after"]["objects"] == 1
-
-
-def test_check_image_files_catches_truncation_behind_a_valid_header(tmp_path: Path) -> None:
-    from lavise.data.annotation_tables import check_image_files
-
-    rng = np.random.default_rng(0)
-    picture = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
-    picture.save(tmp_path / "ok.jpg", quality=90)
-    picture.save(tmp_path / "ok.png")
-    jpeg, png = (tmp_path / "ok.jpg").read_bytes(), (tmp_path / "ok.png").read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
-    (tmp_path / "padded.jpg").write_bytes(jpeg + b"\x00" * 300)
-    (tmp_path / "trailer.jpg").write_bytes(jpeg + b"camera trailer bytes")  # decodes: still ok
-    picture.save(tmp_path / "gif.gif")
-    names = ["ok.jpg", "ok.png", "cut.jpg", "cut.png", "padded.jpg", "trailer.jpg", "gif.gif", "absent.jpg"]
-    with Image.open(tmp_path / "cut.jpg") as image:
-        assert image.size == (60, 40)  # the header alone cannot tell
-    assert check_image_files(tmp_path, names).tolist() == [
-        "ok",
-        "ok",
-        "undecodable",
-        "undecodable",
-        "ok",
-        "ok",
-        "ok",
-        "missing",
-    ]
