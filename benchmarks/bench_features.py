@@ -34,15 +34,18 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmarks.memory import PeakMemory
-from lavise.data.transforms import normalize
-from lavise.features.cache import (
+from lavise.data.transforms import to_model_input
+from lavise.features.extract import (
+    ExtractionSettings,
     ImageObjectsDataset,
-    _batch_images_on_device,
-    _prepare_tables,
+    batch_images_on_device,
     build_feature_cache,
     collate_images,
+    prepare_tables,
 )
-from lavise.models.backbones import build_feature_extractor
+from lavise.features.pooling import masked_pool
+from lavise.models.extractor import build_feature_extractor
+from lavise.options import DECODE_MODES
 
 
 def generate_dataset(root: Path, n_images: int, seed: int) -> tuple[Path, Path]:
@@ -101,8 +104,26 @@ def generate_dataset(root: Path, n_images: int, seed: int) -> tuple[Path, Path]:
 def _dataset(
     raw: Path, annotations: Path, resize: int, crop: int, grid: tuple[int, int], decode: str = "workers"
 ) -> ImageObjectsDataset:
-    images, objects, offsets, _ = _prepare_tables(annotations)
-    return ImageObjectsDataset(images, objects, offsets, raw, resize, crop, grid, decode=decode)
+    inputs = prepare_tables(annotations)
+    return ImageObjectsDataset(
+        inputs.images, inputs.objects, inputs.object_offsets, raw, resize, crop, grid, decode=decode
+    )
+
+
+def stage_settings(name: str, args: argparse.Namespace, decode: str) -> ExtractionSettings:
+    """The whole stage's settings for model ``name`` with random weights at ``args.layer``."""
+    return ExtractionSettings(
+        model=name,
+        weights="none",
+        layer=args.layer,
+        num_classes=None,
+        resize=args.resize,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        chunk_images=256,
+        device=torch.device(args.device),
+        decode=decode,
+    )
 
 
 def decode_rate(raw: Path, annotations: Path, resize: int, crop: int, grid: tuple[int, int]) -> float:
@@ -139,7 +160,7 @@ def pipeline_rate(
     )
     started = time.perf_counter()
     for batch in loader:
-        _batch_images_on_device(batch, device, resize, crop)
+        batch_images_on_device(batch, device, resize, crop)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return len(dataset) / (time.perf_counter() - started)
@@ -167,10 +188,10 @@ def backbone_rate(
     use_autocast = device.type == "cuda"
 
     def run(images: torch.Tensor, grids: torch.Tensor) -> None:
+        x = to_model_input(images, device)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-            x = normalize(images.float().div_(255)).contiguous(memory_format=torch.channels_last)
             maps = extractor(x).float()
-        torch.einsum("bkhw,bdhw->bkd", grids, maps)
+        masked_pool(grids, maps)
 
     run(*batches[0])
     if device.type == "cuda":
@@ -198,13 +219,8 @@ def stage_peak_memory(root: Path, n_images: int, args: argparse.Namespace, name:
         "annotations_dir": annotations,
         "raw_dir": raw,
         "out_dir": root / f"memory_{n_images}" / "features",
-        "backbone": {"name": name, "weights": "none", "layer": args.layer, "num_classes": None},
-        "transform": {"resize": args.resize, "crop": args.crop},
-        "batch_size": args.batch_size,
+        "settings": stage_settings(name, args, args.decode[0]),
         "num_workers": args.workers,
-        "device": args.device,
-        "chunk_images": 256,
-        "decode": args.decode[0],
         "threads": args.threads,
     }
     context = multiprocessing.get_context("spawn")
@@ -227,7 +243,7 @@ def main() -> None:
     parser.add_argument("--resize", type=int, default=256)
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--decode", nargs="+", choices=["workers", "device"], default=["workers"])
+    parser.add_argument("--decode", nargs="+", choices=DECODE_MODES, default=["workers"])
     parser.add_argument("--memory", type=int, nargs="+", metavar="N", help="peak memory at these dataset sizes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -264,13 +280,8 @@ def main() -> None:
                     annotations,
                     raw,
                     Path(tmp) / f"features_{name}_{decode}",
-                    backbone={"name": name, "weights": "none", "layer": args.layer, "num_classes": None},
-                    transform={"resize": args.resize, "crop": args.crop},
-                    batch_size=args.batch_size,
+                    stage_settings(name, args, decode),
                     num_workers=args.workers,
-                    device=args.device,
-                    chunk_images=256,
-                    decode=decode,
                 )
                 c = result["images_computed"] / result["seconds"]
                 if device.type == "cpu":

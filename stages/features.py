@@ -1,30 +1,56 @@
-"""`features` stage: one forward pass of the frozen CNN per image, cached (lavise/features/cache.py)."""
+"""`features` stage: one forward pass of the frozen CNN per image, cached (lavise/features/extract.py).
+
+Reads `dataset`, `backbone`, `transform` and `features` from params.yaml; writes data/features in
+the format of lavise/features/cache.py.
+"""
 
 from __future__ import annotations
 
-from lavise.features.cache import build_feature_cache
-from lavise.models.backbones import resolve_weights
-from stages.cli import start_stage
+from pathlib import Path
+from typing import Any
+
+from lavise.devices import resolve_device
+from lavise.features.extract import ExtractionSettings, build_feature_cache
+from lavise.models.checkpoints import resolve_weights
+from stages.backbone_params import validate_backbone
+from stages.cli import run_stage, start_stage
+
+
+def extraction_settings(params: dict[str, Any], target_model: Path) -> ExtractionSettings:
+    """The params that change the cache's bytes, with `backbone.weights: target` resolved to the
+    `target` stage's checkpoint and `features.device` to a device."""
+    backbone, transform, features = params["backbone"], params["transform"], params["features"]
+    return ExtractionSettings(
+        model=backbone["name"],
+        weights=resolve_weights(backbone["weights"], target_model, "backbone.weights"),
+        layer=backbone["layer"],
+        num_classes=backbone["num_classes"],
+        resize=int(transform["resize"]),
+        crop=int(transform["crop"]),
+        batch_size=features["batch_size"],
+        chunk_images=features["chunk_images"],
+        device=resolve_device(features["device"], "features.device"),
+        decode=features["decode"],
+    )
 
 
 def main() -> None:
     args, params = start_stage(
         __doc__,
+        checks=(validate_backbone,),
         annotations="data/annotations",
         raw="data/raw",
         target_model="models/target",
         out="data/features",
     )
-    backbone = {**params["backbone"], "weights": resolve_weights(params["backbone"]["weights"], args.target_model)}
     build_feature_cache(
         args.annotations,
         args.raw / params["dataset"],
         args.out,
-        backbone=backbone,
-        transform=params["transform"],
-        **params["features"],
+        extraction_settings(params, args.target_model),
+        num_workers=params["features"]["num_workers"],
     )
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

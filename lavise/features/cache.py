@@ -1,30 +1,30 @@
-"""The feature cache: one forward pass of the frozen CNN per image, stored for all later stages.
+"""The feature cache format: its files, its one writer and its one reader.
 
-Training the explainer needs pool(F * M) per annotation and evaluation needs the full maps of
-the validation images; computing them once here means no later stage decodes a JPEG or runs the
-CNN again (FACT2023 re-ran the CNN per annotation per epoch: ~15 A100-hours per explainer).
+A cache directory (``data/features``, described in docs/ARCHITECTURE.md) holds:
 
-Work split: DataLoader workers decode, crop and turn each image's masks into soft feature-grid
-weights; the main process only normalises, runs the model (channels_last, inference_mode,
-autocast on CUDA) and pools with one einsum. With ``decode="device"`` workers only read the
-bytes of the JPEGs nvJPEG can take (``device_decodable_size``) and the main process decodes them
-batched on the model's device, where 16 CPU cores cannot keep up with a GPU's ResNet-18; files
-outside that set are still decoded by the workers. Results are written in chunks of ``chunk_images``
-images under ``out_dir/.chunks``; a killed run resumes from the first missing chunk, and the
-final arrays are assembled by streaming the chunks, so peak memory is one chunk and a resumed
-cache is byte-identical to an uninterrupted one (batches never straddle chunks, so every batch is
-recomputed exactly as before).
+- ``meta.json``: backbone, weights, layer, ``channels`` d, ``height`` h', ``width`` w', transform
+  sizes, decode mode, counts, dtype;
+- ``images.parquet``: ``image_id``, ``split``, ``status`` (ok | missing | undecodable), ``error``;
+- ``train_vectors.npy`` ``[n, d]`` float16 (pool(F * M) per train object) indexed by
+  ``train_objects.parquet`` (``row``, ``object_id``, ``image_id``, ``category``, ``coverage``);
+- ``val_vectors.npy`` / ``val_objects.parquet``: the same for validation objects;
+- ``val_maps.npy`` ``[n_val_images, d, h', w']`` float16 indexed by ``val_images.parquet``
+  (``row``, ``image_id``).
+
+Writer: results are written in chunks under ``<cache>/.chunks`` (each chunk atomically, the unit
+a killed run resumes from), then streamed into the final files, so peak memory is one chunk
+and a resumed cache is byte-identical to an uninterrupted one. Reader: :func:`open_feature_cache`
+memory-maps the arrays read-only and checks that the files agree with each other, so a consumer
+never indexes a map with a row of another table.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import shutil
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +32,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from lavise.data.images import (
-    UndecodableImageError,
-    decode_bytes,
-    decode_jpegs_on_device,
-    device_decodable_size,
-)
-from lavise.data.masks import image_object_masks
-from lavise.data.transforms import mask_to_grid, masks_to_crop, normalize, transform_geometry
-from lavise.devices import resolve_device
-from lavise.io import atomic_dir, atomic_path, file_digest, read_json, write_json
-from lavise.models.backbones import build_feature_extractor, layer_output_shape
+from lavise.io import atomic_dir, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
+META_FILE = "meta.json"
 CHUNKS_DIR = ".chunks"
+FINGERPRINT_FILE = "fingerprint.json"
 FORMAT_VERSION = 2
-DECODE_MODES = ("workers", "device")
+DTYPE = np.float16
 IMAGES_SCHEMA = pa.schema(
     [("image_id", pa.int64()), ("split", pa.string()), ("status", pa.string()), ("error", pa.string())]
 )
@@ -74,183 +63,143 @@ TABLE_SCHEMAS = {
     "val_images": VAL_IMAGES_SCHEMA,
 }
 ROW_TABLES = {"train_objects": "train_vectors", "val_objects": "val_vectors", "val_images": "val_maps"}
+ARRAY_NDIM = {"train_vectors": 2, "val_vectors": 2, "val_maps": 4}
+ARRAY_LAYOUT = {"train_vectors": "[n, d]", "val_vectors": "[n, d]", "val_maps": "[N, d, h, w]"}
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
 
 
 @dataclass(frozen=True)
 class FeatureCache:
-    """A finished cache: arrays memory-mapped read-only, index tables in memory."""
+    """A finished, checked cache: arrays memory-mapped read-only, tables read on first use."""
 
     directory: Path
     meta: dict[str, Any]
-    images: pd.DataFrame
-    train_vectors: np.ndarray
-    train_objects: pd.DataFrame
-    val_vectors: np.ndarray
-    val_objects: pd.DataFrame
-    val_maps: np.ndarray
-    val_images: pd.DataFrame
+    train_vectors: np.ndarray  # [n_train_objects, d]
+    val_vectors: np.ndarray  # [n_val_objects, d]
+    val_maps: np.ndarray  # [n_val_images, d, h', w']
+
+    def table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """Table ``name`` (a key of TABLE_SCHEMAS) as Arrow, optionally only some ``columns``."""
+        return pq.read_table(self.directory / f"{name}.parquet", columns=columns)
+
+    @cached_property
+    def images(self) -> pd.DataFrame:
+        return self.table("images").to_pandas()
+
+    @cached_property
+    def train_objects(self) -> pd.DataFrame:
+        return self.table("train_objects").to_pandas()
+
+    @cached_property
+    def val_objects(self) -> pd.DataFrame:
+        return self.table("val_objects").to_pandas()
+
+    @cached_property
+    def val_images(self) -> pd.DataFrame:
+        return self.table("val_images").to_pandas()
+
+
+def _check_files(directory: Path) -> None:
+    """Every array and table of the format exists, and each table has its schema's columns."""
+    for name in ARRAY_NAMES:
+        if not (directory / f"{name}.npy").is_file():
+            raise ValueError(f"{directory / f'{name}.npy'} not found: not a complete feature cache")
+    for name, schema in TABLE_SCHEMAS.items():
+        path = directory / f"{name}.parquet"
+        if not path.is_file():
+            raise ValueError(f"{path} not found: not a complete feature cache")
+        missing = [column for column in schema.names if column not in pq.read_schema(path).names]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}")
+
+
+def _load_arrays(directory: Path) -> dict[str, np.ndarray]:
+    """The arrays memory-mapped read-only, each with the number of axes of its layout."""
+    arrays = {}
+    for name in ARRAY_NAMES:
+        path = directory / f"{name}.npy"
+        array = np.load(path, mmap_mode="r")
+        if array.ndim != ARRAY_NDIM[name]:
+            raise ValueError(f"{path}: expected {ARRAY_LAYOUT[name]}, got shape {array.shape}")
+        arrays[name] = array
+    return arrays
+
+
+def _check_shapes(directory: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """meta.json's (channels, height, width) are val_maps' and every vector has d columns."""
+    maps = arrays["val_maps"]
+    declared = tuple(meta.get(key) for key in ("channels", "height", "width"))
+    if declared != tuple(maps.shape[1:]):
+        raise ValueError(
+            f"{directory}: meta.json declares (channels, height, width) {declared} "
+            f"but val_maps.npy has {maps.shape[1:]}"
+        )
+    for name in ("train_vectors", "val_vectors"):
+        if arrays[name].shape[1] != maps.shape[1]:
+            raise ValueError(
+                f"{directory}: meta.json channels={meta['channels']} but {name}.npy has {arrays[name].shape[1]} columns"
+            )
+
+
+def _check_row_index(directory: Path, table: str, array_name: str, array: np.ndarray) -> None:
+    """``table``'s ``row`` column is 0..n-1 with n the array's rows: row i describes array[i]."""
+    rows = pq.read_table(directory / f"{table}.parquet", columns=["row"]).column("row").to_numpy()
+    if len(rows) != array.shape[0] or not np.array_equal(rows, np.arange(len(rows))):
+        unit = "maps" if array_name == "val_maps" else "vectors"
+        raise ValueError(
+            f"{directory}: {table}.parquet ({len(rows)} rows) does not index {array_name}.npy ({array.shape[0]} {unit})"
+        )
 
 
 def open_feature_cache(directory: str | Path) -> FeatureCache:
-    """Open ``data/features``; the arrays stay on disk (``mmap_mode='r'``)."""
+    """Open and check a cache (``data/features``); the arrays stay on disk (``mmap_mode='r'``).
+
+    FileNotFoundError when there is no meta.json (the features stage has not run); ValueError
+    naming the file when a file is missing or disagrees with the others.
+    """
     directory = Path(directory)
-    if not (directory / "meta.json").is_file():
-        raise FileNotFoundError(f"{directory}/meta.json not found: run the features stage first")
-    tables = {name: pq.read_table(directory / f"{name}.parquet").to_pandas() for name in TABLE_SCHEMAS}
-    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAY_NAMES}
-    return FeatureCache(directory=directory, meta=read_json(directory / "meta.json"), **tables, **arrays)
+    if not (directory / META_FILE).is_file():
+        raise FileNotFoundError(f"{directory}/{META_FILE} not found: run the features stage first")
+    _check_files(directory)
+    arrays = _load_arrays(directory)
+    for table, array_name in ROW_TABLES.items():
+        _check_row_index(directory, table, array_name, arrays[array_name])
+    meta = read_json(directory / META_FILE)
+    _check_shapes(directory, meta, arrays)
+    return FeatureCache(directory=directory, meta=meta, **arrays)
 
 
-class ImageObjectsDataset(Dataset):
-    """Per image: the uint8 crop (or, to decode on the device, the JPEG bytes) and the
-    feature-grid weights of its objects (worker-side work).
+# --------------------------------------------------------------------------------------------
+# Writer
 
-    Object geometry (RLE strings, box lists) stays in an Arrow table, compact and shared
-    copy-on-write with forked workers without Python refcount churn, and is sliced per image.
+
+def prepare_chunks(out_dir: Path, fingerprint: dict[str, Any], n_chunks: int) -> tuple[list[Path], list[int]]:
+    """The chunk directories of a cache and the indices of those still to write.
+
+    ``fingerprint`` is everything that changes a chunk's bytes; chunks left by a run with another
+    fingerprint are discarded, those of a killed run with the same one are kept (the resume).
     """
-
-    def __init__(
-        self,
-        images: pa.Table,
-        objects: pa.Table,
-        object_offsets: np.ndarray,
-        raw_dir: Path,
-        resize: int,
-        crop: int,
-        grid: tuple[int, int],
-        decode: str = "workers",
-    ) -> None:
-        if decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
-        self.decode = decode
-        self.image_ids = images.column("image_id").to_numpy()
-        self.paths = images.column("path").to_pylist()
-        self.heights = images.column("height").to_numpy()
-        self.widths = images.column("width").to_numpy()
-        self.statuses = images.column("status").to_pylist()
-        self.objects = objects.select(["kind", "rle", "boxes"])
-        self.object_offsets = object_offsets
-        self.raw_dir = raw_dir
-        self.resize = resize
-        self.crop = crop
-        self.grid = grid
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def _failed(self, position: int, status: str, error: str) -> dict[str, Any]:
-        return {"position": position, "status": status, "error": error, "image": None, "encoded": None, "grids": None}
-
-    def __getitem__(self, position: int) -> dict[str, Any]:
-        if self.statuses[position] != "ok":
-            return self._failed(position, self.statuses[position], "status in annotations images.parquet")
-        path = self.raw_dir / self.paths[position]
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return self._failed(position, "missing", f"{path}: file not found")
-        height, width = int(self.heights[position]), int(self.widths[position])
-        image, encoded = None, None
-        size = device_decodable_size(data) if self.decode == "device" else None
-        if size is None:
-            try:
-                image = decode_bytes(data, str(path))
-            except UndecodableImageError as error:
-                return self._failed(position, "undecodable", str(error))
-            size = (int(image.shape[1]), int(image.shape[2]))
-        else:
-            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        if size != (height, width):
-            return self._failed(
-                position,
-                "undecodable",
-                f"{path}: decoded {size[0]}x{size[1]} but annotated {height}x{width}; masks would not align",
-            )
-        start, end = int(self.object_offsets[position]), int(self.object_offsets[position + 1])
-        object_rows = self.objects.slice(start, end - start).to_pandas()
-        masks = torch.from_numpy(image_object_masks(object_rows, height, width))
-        grids = mask_to_grid(masks_to_crop(masks, self.resize, self.crop), self.grid)
-        return {
-            "position": position,
-            "status": "ok",
-            "error": None,
-            "label": str(path),
-            "image": None if image is None else transform_geometry(image, self.resize, self.crop),
-            "encoded": encoded,
-            "grids": grids,
-        }
+    chunks_root = out_dir / CHUNKS_DIR
+    fingerprint_path = chunks_root / FINGERPRINT_FILE
+    if chunks_root.exists() and (not fingerprint_path.is_file() or read_json(fingerprint_path) != fingerprint):
+        log.warning("discarding chunks in %s: written with other settings or inputs", chunks_root)
+        shutil.rmtree(chunks_root)
+    write_json(fingerprint_path, fingerprint)
+    chunk_dirs = [chunks_root / f"chunk_{index:06d}" for index in range(n_chunks)]
+    pending = [index for index, chunk_dir in enumerate(chunk_dirs) if not chunk_dir.is_dir()]
+    return chunk_dirs, pending
 
 
-def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the decoded crops; pad per-image object grids to ``[B, K, h', w']`` for one einsum.
-
-    ``images`` holds the crops decoded by the workers, ``crop_rows`` their rows among the ok
-    images; ``encoded``/``encoded_rows``/``labels`` the JPEG bytes left to decode on the device.
-    """
-    ok = [item for item in items if item["status"] == "ok"]
-    max_objects = max((item["grids"].shape[0] for item in ok), default=0)
-    crops = [item["image"] for item in ok if item["image"] is not None]
-    if ok:
-        grid_shape = ok[0]["grids"].shape[1:]
-        grids = torch.zeros((len(ok), max_objects, *grid_shape), dtype=torch.float32)
-        for index, item in enumerate(ok):
-            grids[index, : item["grids"].shape[0]] = item["grids"]
-    else:
-        grids = torch.zeros((0, 0, 1, 1), dtype=torch.float32)
-    return {
-        "positions": [item["position"] for item in items],
-        "statuses": [item["status"] for item in items],
-        "errors": [item["error"] for item in items],
-        "ok_positions": [item["position"] for item in ok],
-        "images": torch.stack(crops) if crops else torch.zeros((0, 3, 1, 1), dtype=torch.uint8),
-        "crop_rows": [row for row, item in enumerate(ok) if item["image"] is not None],
-        "encoded": [item["encoded"] for item in ok if item["encoded"] is not None],
-        "encoded_rows": [row for row, item in enumerate(ok) if item["encoded"] is not None],
-        "labels": [item["label"] for item in ok if item["encoded"] is not None],
-        "grids": grids,
-    }
-
-
-def _batch_images_on_device(
-    batch: dict[str, Any], device: torch.device, resize: int, crop: int
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """The batch's uint8 crops ``[n_ok, 3, crop, crop]`` on ``device``, decoding any JPEG bytes there.
-
-    Images that fail to decode become "undecodable" in the returned batch, and their rows leave
-    ``ok_positions`` and ``grids``, exactly as if a worker had failed them.
-    """
-    if not batch["encoded"]:
-        return batch, batch["images"].to(device, non_blocking=True)
-    images = torch.empty((len(batch["ok_positions"]), 3, crop, crop), dtype=torch.uint8, device=device)
-    if batch["crop_rows"]:
-        images[batch["crop_rows"]] = batch["images"].to(device, non_blocking=True)
-    decoded = decode_jpegs_on_device(batch["encoded"], batch["labels"], device)
-    keep = torch.ones(len(batch["ok_positions"]), dtype=torch.bool)
-    statuses, errors = list(batch["statuses"]), list(batch["errors"])
-    for row, result in zip(batch["encoded_rows"], decoded):
-        if isinstance(result, UndecodableImageError):
-            keep[row] = False
-            index = batch["positions"].index(batch["ok_positions"][row])
-            statuses[index], errors[index] = "undecodable", str(result)
-        else:
-            images[row] = transform_geometry(result, resize, crop)
-    if keep.all():
-        return batch, images
-    kept = keep.nonzero().flatten().tolist()
-    batch = {
-        **batch,
-        "statuses": statuses,
-        "errors": errors,
-        "ok_positions": [batch["ok_positions"][row] for row in kept],
-        "grids": batch["grids"][keep],
-    }
-    return batch, images[keep.to(device)]
-
-
-def _write_chunk(
+def write_chunk(
     chunk_dir: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa.Table], counts: dict[str, int]
 ) -> None:
-    """Write one chunk atomically: it exists complete or not at all (the resume unit)."""
+    """Write one chunk atomically: it exists complete or not at all (the resume unit).
+
+    ``arrays``/``tables``: every name of ARRAY_NAMES/TABLE_SCHEMAS, ``row`` local to the chunk.
+    """
     with atomic_dir(chunk_dir) as tmp:
         (tmp / "counts.json").write_text(json.dumps(counts, sort_keys=True))
         for name, array in arrays.items():
@@ -259,91 +208,14 @@ def _write_chunk(
             pq.write_table(table, tmp / f"{name}.parquet")
 
 
-@dataclass
-class _ChunkBuffer:
-    """Results of one chunk in image order, bounded by ``chunk_images``."""
-
-    image_ids: list[int]
-    splits: list[str]
-    statuses: list[str | None]
-    errors: list[str | None]
-    vectors: list[np.ndarray | None]
-    maps: list[np.ndarray | None]
-    coverages: list[np.ndarray | None]
-    objects_outside_crop: int = 0
-
-
-def _chunk_tables(
-    buffer: _ChunkBuffer,
-    objects: pa.Table,
-    object_offsets: np.ndarray,
-    start: int,
-    channels: int,
-    map_shape: tuple[int, int, int],
-) -> tuple[dict[str, np.ndarray], dict[str, pa.Table]]:
-    """Turn a chunk's per-image results into its arrays and index tables (rows local to the chunk)."""
-    parts: dict[str, list[np.ndarray]] = {"train_vectors": [], "val_vectors": [], "val_maps": []}
-    object_rows: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    coverages: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    val_image_ids: list[int] = []
-    for index, (image_id, split, status) in enumerate(zip(buffer.image_ids, buffer.splits, buffer.statuses)):
-        if status != "ok":
-            continue
-        position = start + index
-        first, last = int(object_offsets[position]), int(object_offsets[position + 1])
-        parts[f"{split}_vectors"].append(buffer.vectors[index])
-        object_rows[split].append(np.arange(first, last))
-        coverages[split].append(buffer.coverages[index])
-        if split == "val":
-            parts["val_maps"].append(buffer.maps[index][None])
-            val_image_ids.append(image_id)
-    arrays = {
-        "train_vectors": _concat(parts["train_vectors"], (0, channels)),
-        "val_vectors": _concat(parts["val_vectors"], (0, channels)),
-        "val_maps": _concat(parts["val_maps"], (0, *map_shape)),
-    }
-    tables = {
-        "images": pa.table(
-            {"image_id": buffer.image_ids, "split": buffer.splits, "status": buffer.statuses, "error": buffer.errors},
-            schema=IMAGES_SCHEMA,
-        ),
-        "val_images": pa.table(
-            {"row": np.arange(len(val_image_ids), dtype=np.int64), "image_id": val_image_ids},
-            schema=VAL_IMAGES_SCHEMA,
-        ),
-    }
-    for split in ("train", "val"):
-        rows = np.concatenate(object_rows[split]) if object_rows[split] else np.zeros(0, np.int64)
-        coverage = np.concatenate(coverages[split]) if coverages[split] else np.zeros(0, np.float32)
-        picked = objects.take(pa.array(rows, type=pa.int64()))
-        tables[f"{split}_objects"] = pa.table(
-            {
-                "row": np.arange(len(rows), dtype=np.int64),
-                "object_id": picked.column("object_id"),
-                "image_id": picked.column("image_id"),
-                "category": picked.column("category"),
-                "coverage": coverage.astype(np.float32),
-            },
-            schema=OBJECTS_SCHEMA,
-        )
-    return arrays, tables
-
-
-def _concat(parts: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:
-    return np.concatenate(parts).astype(np.float16) if parts else np.zeros(empty_shape, np.float16)
-
-
-def _assemble(chunk_dirs: list[Path], out_dir: Path) -> dict[str, int]:
-    """Stream the chunks into the final files; memory stays at one chunk's array at a time."""
-    totals: dict[str, int] = {"objects_outside_crop": 0}
-    for chunk in chunk_dirs:
-        totals["objects_outside_crop"] += json.loads((chunk / "counts.json").read_text())["objects_outside_crop"]
+def _assemble_arrays(chunk_dirs: list[Path], out_dir: Path, totals: dict[str, int]) -> None:
+    """Concatenate each array over the chunks into one float16 file, one chunk in memory at a time."""
     for name in ARRAY_NAMES:
         headers = [np.load(chunk / f"{name}.npy", mmap_mode="r") for chunk in chunk_dirs]
         total = sum(part.shape[0] for part in headers)
         totals[name] = total
         with atomic_path(out_dir / f"{name}.npy") as tmp:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, *headers[0].shape[1:]))
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(total, *headers[0].shape[1:]))
             offset = 0
             for part in headers:
                 array[offset : offset + part.shape[0]] = part
@@ -351,6 +223,10 @@ def _assemble(chunk_dirs: list[Path], out_dir: Path) -> dict[str, int]:
             array.flush()
             del array
         del headers
+
+
+def _assemble_tables(chunk_dirs: list[Path], out_dir: Path) -> None:
+    """Concatenate each table over the chunks, shifting ``row`` by the rows of earlier chunks."""
     for name, schema in TABLE_SCHEMAS.items():
         row_source = ROW_TABLES.get(name)
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
@@ -363,269 +239,19 @@ def _assemble(chunk_dirs: list[Path], out_dir: Path) -> dict[str, int]:
                         table = table.set_column(0, "row", rows)
                         offset += table.num_rows
                     writer.write_table(table)
+
+
+def assemble_chunks(chunk_dirs: list[Path], out_dir: Path) -> dict[str, int]:
+    """Stream the chunks into the final files; returns the rows of each array and the summed counts."""
+    totals: dict[str, int] = {"objects_outside_crop": 0}
+    for chunk in chunk_dirs:
+        totals["objects_outside_crop"] += json.loads((chunk / "counts.json").read_text())["objects_outside_crop"]
+    _assemble_arrays(chunk_dirs, out_dir, totals)
+    _assemble_tables(chunk_dirs, out_dir)
     return totals
 
 
-def _prepare_tables(annotations_dir: Path) -> tuple[pa.Table, pa.Table, np.ndarray, int]:
-    """Images sorted by id, objects sorted by (image, object) with per-image offsets.
-
-    Objects whose image is not in images.parquet cannot be placed: they are counted and logged.
-    """
-    images = pq.read_table(
-        annotations_dir / "images.parquet", columns=["image_id", "path", "width", "height", "split", "status"]
-    )
-    images = images.sort_by([("image_id", "ascending")])
-    image_ids = images.column("image_id").to_numpy()
-    if len(np.unique(image_ids)) != len(image_ids):
-        raise ValueError(f"{annotations_dir}/images.parquet has duplicate image_id values")
-    bad_splits = set(images.column("split").to_pylist()) - {"train", "val"}
-    if bad_splits:
-        raise ValueError(f"{annotations_dir}/images.parquet: unknown split values {sorted(bad_splits)}")
-    objects = pq.read_table(
-        annotations_dir / "objects.parquet",
-        columns=["object_id", "image_id", "category", "kind", "rle", "boxes"],
-    )
-    objects = objects.sort_by([("image_id", "ascending"), ("object_id", "ascending")])
-    object_images = objects.column("image_id").to_numpy()
-    known = np.isin(object_images, image_ids)
-    orphans = int((~known).sum())
-    if orphans:
-        log.warning("%d objects reference image ids absent from images.parquet; skipped", orphans)
-        objects = objects.filter(pa.array(known))
-        object_images = object_images[known]
-    offsets = np.searchsorted(object_images, image_ids, side="left")
-    object_offsets = np.append(offsets, len(object_images)).astype(np.int64)
-    return images, objects, object_offsets, orphans
-
-
-def _fingerprint(
-    annotations_dir: Path,
-    backbone: dict[str, Any],
-    transform: dict[str, Any],
-    batch_size: int,
-    chunk_images: int,
-    device: torch.device,
-    decode: str,
-) -> dict[str, Any]:
-    """Everything that changes a chunk's bytes: a mismatch means stale chunks are discarded."""
-    weights = str(backbone["weights"])
-    weights_file = Path(weights)
-    return {
-        "format": FORMAT_VERSION,
-        "backbone": {key: backbone.get(key) for key in ("name", "weights", "layer", "num_classes")},
-        "weights_sha256": file_digest(weights_file, "sha256") if weights_file.is_file() else None,
-        "transform": {"resize": transform["resize"], "crop": transform["crop"]},
-        "batch_size": batch_size,
-        "chunk_images": chunk_images,
-        "device": device.type,
-        "decode": decode,
-        "torch": torch.__version__,
-        "annotations_sha256": {
-            name: file_digest(annotations_dir / name, "sha256") for name in ("images.parquet", "objects.parquet")
-        },
-    }
-
-
-def _chunk_batches(pending: list[int], n_images: int, chunk_images: int, batch_size: int) -> list[list[int]]:
-    """Batches of positions that never straddle a chunk, so a resumed run recomputes identically."""
-    batches = []
-    for chunk in pending:
-        positions = list(range(chunk * chunk_images, min((chunk + 1) * chunk_images, n_images)))
-        batches.extend(positions[i : i + batch_size] for i in range(0, len(positions), batch_size))
-    return batches
-
-
-def _forward_batches(
-    loader: DataLoader,
-    extractor: torch.nn.Module,
-    device: torch.device,
-    grid_cells: int,
-    resize: int,
-    crop: int,
-) -> Iterator[tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]]:
-    """Yield (batch, pooled object vectors [B, K, d], maps [B, d, h', w']) as float16 numpy."""
-    use_autocast = device.type == "cuda"
-    autocast_dtype = torch.float16 if use_autocast and not torch.cuda.is_bf16_supported() else torch.bfloat16
-    for batch in loader:
-        if not batch["ok_positions"]:
-            yield batch, None, None
-            continue
-        batch, images = _batch_images_on_device(batch, device, resize, crop)
-        if not batch["ok_positions"]:
-            yield batch, None, None
-            continue
-        images = normalize(images.float().div_(255.0)).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
-            maps = extractor(images)
-        maps = maps.float()
-        grids = batch["grids"].to(device, non_blocking=True)
-        pooled = torch.einsum("bkhw,bdhw->bkd", grids, maps) / grid_cells
-        yield batch, pooled.half().cpu().numpy(), maps.half().contiguous().cpu().numpy()
-
-
-def build_feature_cache(
-    annotations_dir: Path,
-    raw_dir: Path,
-    out_dir: Path,
-    *,
-    backbone: dict[str, Any],
-    transform: dict[str, Any],
-    batch_size: int,
-    num_workers: int,
-    device: str,
-    chunk_images: int,
-    decode: str = "workers",
-) -> dict[str, Any]:
-    """Run the backbone once per image and write the data/features layout of ARCHITECTURE.md.
-
-    ``backbone``: {name, weights, layer, num_classes} with ``weights`` already resolved to a
-    torchvision name, ``none`` or a checkpoint path. ``decode``: "workers" (CPU, in the
-    DataLoader workers) or "device" (JPEGs batched on ``device``: nvJPEG on CUDA). Returns
-    meta.json's content plus timing.
-    """
-    annotations_dir, raw_dir, out_dir = Path(annotations_dir), Path(raw_dir), Path(out_dir)
-    started = time.perf_counter()
-    torch_device = resolve_device(device, "features.device")
-    resize, crop = int(transform["resize"]), int(transform["crop"])
-    extractor = build_feature_extractor(
-        backbone["name"], str(backbone["weights"]), backbone["layer"], num_classes=backbone.get("num_classes")
-    )
-    extractor = extractor.to(torch_device, memory_format=torch.channels_last)
-    channels, height, width = layer_output_shape(extractor, crop)
-    images, objects, object_offsets, orphan_objects = _prepare_tables(annotations_dir)
-    n_images = images.num_rows
-    if n_images == 0:
-        raise ValueError(f"{annotations_dir}/images.parquet lists no images")
-    n_chunks = max(1, -(-n_images // chunk_images))
-
-    chunks_root = out_dir / CHUNKS_DIR
-    # Built before any chunk is touched: it also rejects an unknown ``decode``.
-    dataset = ImageObjectsDataset(
-        images, objects, object_offsets, raw_dir, resize, crop, (height, width), decode=decode
-    )
-    fingerprint = _fingerprint(annotations_dir, backbone, transform, batch_size, chunk_images, torch_device, decode)
-    fingerprint_path = chunks_root / "fingerprint.json"
-    if chunks_root.exists() and (not fingerprint_path.is_file() or read_json(fingerprint_path) != fingerprint):
-        log.warning("discarding chunks in %s: written with other settings or inputs", chunks_root)
-        shutil.rmtree(chunks_root)
-    write_json(fingerprint_path, fingerprint)
-    chunk_dirs = [chunks_root / f"chunk_{index:06d}" for index in range(n_chunks)]
-    pending = [index for index, chunk_dir in enumerate(chunk_dirs) if not chunk_dir.is_dir()]
-    log.info(
-        "features: %s %s layer %s -> %dx%dx%d on %s; %d images in %d chunks, %d to compute",
-        backbone["name"],
-        backbone["weights"],
-        backbone["layer"],
-        channels,
-        height,
-        width,
-        torch_device,
-        n_images,
-        n_chunks,
-        len(pending),
-    )
-
-    batches = _chunk_batches(pending, n_images, chunk_images, batch_size)
-    use_fork = num_workers > 0 and "fork" in multiprocessing.get_all_start_methods()
-    loader = DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=num_workers,
-        collate_fn=collate_images,
-        pin_memory=torch_device.type == "cuda",
-        multiprocessing_context="fork" if use_fork else None,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
-    splits = images.column("split").to_pylist()
-    image_ids = images.column("image_id").to_pylist()
-    buffers: dict[int, _ChunkBuffer] = {}
-    computed = 0
-    sent_to_device_decoder = 0
-    with tqdm(total=sum(len(batch) for batch in batches), desc="features", unit="img") as progress:
-        for batch, pooled, maps in _forward_batches(loader, extractor, torch_device, height * width, resize, crop):
-            chunk = batch["positions"][0] // chunk_images
-            start = chunk * chunk_images
-            size = min(chunk_images, n_images - start)
-            if chunk not in buffers:
-                buffers[chunk] = _ChunkBuffer(
-                    image_ids[start : start + size],
-                    splits[start : start + size],
-                    [None] * size,
-                    [None] * size,
-                    [None] * size,
-                    [None] * size,
-                    [None] * size,
-                )
-            buffer = buffers[chunk]
-            for position, status, error in zip(batch["positions"], batch["statuses"], batch["errors"]):
-                buffer.statuses[position - start] = status
-                buffer.errors[position - start] = error
-            coverage = batch["grids"].sum(dim=(2, 3))
-            for row, position in enumerate(batch["ok_positions"]):
-                n_objects = int(object_offsets[position + 1] - object_offsets[position])
-                buffer.vectors[position - start] = pooled[row, :n_objects]
-                buffer.coverages[position - start] = coverage[row, :n_objects].numpy() / (height * width)
-                buffer.objects_outside_crop += int((coverage[row, :n_objects] == 0).sum())
-                buffer.maps[position - start] = maps[row] if splits[position] == "val" else None
-            sent_to_device_decoder += len(batch["encoded"])
-            progress.update(len(batch["positions"]))
-            computed += len(batch["positions"])
-            if all(status is not None for status in buffer.statuses):
-                arrays, tables = _chunk_tables(
-                    buffer, objects, object_offsets, start, channels, (channels, height, width)
-                )
-                _write_chunk(chunk_dirs[chunk], arrays, tables, {"objects_outside_crop": buffer.objects_outside_crop})
-                del buffers[chunk]
-    if buffers:
-        raise RuntimeError(f"chunks {sorted(buffers)} did not receive all their images")
-
-    totals = _assemble(chunk_dirs, out_dir)
-    statuses = pq.read_table(out_dir / "images.parquet", columns=["status"]).column("status").to_pylist()
-    status_counts = {status: statuses.count(status) for status in ("ok", "missing", "undecodable")}
-    placed_objects = totals["train_vectors"] + totals["val_vectors"]
-    meta = {
-        "backbone": backbone["name"],
-        "weights": str(backbone["weights"]),
-        "layer": backbone["layer"],
-        "num_classes": backbone.get("num_classes"),
-        "channels": channels,
-        "height": height,
-        "width": width,
-        "transform": {"resize": resize, "crop": crop},
-        "decode": decode,
-        "pooling": "mean over h'xw' of maps * mask_to_grid(masks_to_crop(mask))",
-        "dtype": "float16",
-        "counts": {
-            "images": n_images,
-            **{f"images_{status}": count for status, count in status_counts.items()},
-            "train_objects": totals["train_vectors"],
-            "val_objects": totals["val_vectors"],
-            "val_images": totals["val_maps"],
-            "objects_of_unusable_images": objects.num_rows - placed_objects,
-            "objects_without_image": orphan_objects,
-            "objects_outside_crop": totals["objects_outside_crop"],
-        },
-    }
-    write_json(out_dir / "meta.json", meta)
-    shutil.rmtree(chunks_root)
-    seconds = time.perf_counter() - started
-    if totals["objects_outside_crop"]:
-        log.warning(
-            "features: %d objects lie entirely outside the centre crop; their vectors are zero",
-            totals["objects_outside_crop"],
-        )
-    if status_counts["missing"] or status_counts["undecodable"]:
-        log.warning(
-            "features: %d missing and %d undecodable images recorded in images.parquet and skipped",
-            status_counts["missing"],
-            status_counts["undecodable"],
-        )
-    if decode == "device":
-        log.info(
-            "features: %d of %d images decoded on %s, the rest by the workers",
-            sent_to_device_decoder,
-            computed,
-            torch_device,
-        )
-    log.info("features: %d images computed in %.1f s (%.1f images/s)", computed, seconds, computed / max(seconds, 1e-9))
-    return {**meta, "seconds": seconds, "images_computed": computed}
+def finish_cache(out_dir: Path, meta: dict[str, Any]) -> None:
+    """Write meta.json (last: a cache without it is unfinished) and remove the chunks."""
+    write_json(out_dir / META_FILE, meta)
+    shutil.rmtree(out_dir / CHUNKS_DIR)

@@ -1,4 +1,4 @@
-"""Backbones by name, weights and (nested) layer; errors that list the valid choices."""
+"""Backbones by name and weights, the classifier head, seeded initialisation; errors that list the valid choices."""
 
 from __future__ import annotations
 
@@ -7,50 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 from torchvision.models import get_model
 
-from lavise.models.backbones import build_feature_extractor, build_model, layer_output_shape, pool_features
-
-CASES = [
-    ("resnet18", "layer4.1.conv2", (512, 2, 2)),
-    ("resnet50", "layer4", (2048, 2, 2)),
-    ("alexnet", "features.10", (256, 3, 3)),
-    ("vgg16", "features.10", (256, 16, 16)),
-    ("densenet121", "features.denseblock2", (512, 8, 8)),
-    ("mobilenet_v3_large", "features.10", (80, 4, 4)),
-    ("efficientnet_b0", "features.5", (112, 4, 4)),
-]
+from lavise.models.backbones import (
+    build_model,
+    classification_models,
+    classifier_head_name,
+    layer_names,
+    seeded_model,
+    weight_names,
+)
+from lavise.models.extractor import build_feature_extractor
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
-
-
-@pytest.mark.parametrize(("name", "layer", "shape"), CASES)
-def test_every_model_builds_with_nested_layer(name: str, layer: str, shape: tuple[int, int, int]) -> None:
-    extractor = build_feature_extractor(name, "none", layer)
-    assert not extractor.training
-    assert all(not p.requires_grad for p in extractor.parameters())
-    assert layer_output_shape(extractor, 64) == shape
-
-
-def test_truncated_maps_equal_hooked_full_model() -> None:
-    torch.manual_seed(0)
-    model = get_model("resnet18", weights=None).eval()
-    path_state = {k: v.clone() for k, v in model.state_dict().items()}
-    captured: list[torch.Tensor] = []
-    model.layer3.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    images = torch.randn(2, 3, 64, 64)
-    with torch.inference_mode():
-        model(images)
-    extractor = build_feature_extractor("resnet18", "none", "layer3")
-    extractor.body.load_state_dict(
-        {k: v for k, v in path_state.items() if k in extractor.body.state_dict()}, strict=True
-    )
-    with torch.inference_mode():
-        maps = extractor(images)
-    torch.testing.assert_close(maps, captured[0])
 
 
 def test_unknown_model_lists_choices() -> None:
@@ -105,11 +78,6 @@ def test_user_checkpoint_infers_num_classes(tmp_path: Path, suffix: str, name: s
         build_model(name, str(path), num_classes=5)
 
 
-def test_pool_features_hand_computed() -> None:
-    maps = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [0.0, 4.0]]]])
-    torch.testing.assert_close(pool_features(maps), torch.tensor([[3.0, 1.0]]))
-
-
 def test_random_init_is_seeded_and_leaves_global_rng_alone() -> None:
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
@@ -119,3 +87,43 @@ def test_random_init_is_seeded_and_leaves_global_rng_alone() -> None:
     other = build_model("resnet18", "none", seed=1).state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
+
+
+def test_seeded_model_is_the_seeded_torchvision_model_and_keeps_the_global_rng() -> None:
+    torch.manual_seed(7)
+    expected = get_model("resnet18", weights=None, num_classes=3).state_dict()
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    model = seeded_model("resnet18", 7, num_classes=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert model.fc.out_features == 3
+    assert all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "head"),
+    [
+        ("resnet18", "fc"),
+        ("mobilenet_v3_large", "classifier.3"),
+        ("squeezenet1_0", "classifier.1"),
+        ("vgg16", "classifier.6"),
+    ],
+)
+def test_classifier_head_is_the_last_linear_or_conv(name: str, head: str) -> None:
+    with torch.device("meta"):
+        model = get_model(name, weights=None)
+    assert classifier_head_name(model) == head
+
+
+def test_classifier_head_of_a_hand_built_model() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Sequential(nn.Linear(4, 5), nn.Conv2d(5, 2, 1)), nn.ReLU())
+    assert classifier_head_name(model) == "2.1"
+    assert classifier_head_name(nn.Sequential(nn.ReLU(), nn.Flatten())) is None
+
+
+def test_names_of_models_layers_and_weights() -> None:
+    assert {"resnet18", "vgg16", "alexnet"} <= set(classification_models())
+    assert classification_models() == sorted(classification_models())
+    layers = layer_names("resnet18")
+    assert layers[:4] == ["conv1", "bn1", "relu", "maxpool"] and "layer4.1.conv2" in layers and "" not in layers
+    assert weight_names("resnet18") == ["IMAGENET1K_V1", "DEFAULT"]

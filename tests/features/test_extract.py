@@ -1,4 +1,4 @@
-"""The feature cache against naive per-object computation, resume, and robustness."""
+"""The extraction pass against naive per-object computation, resume, and robustness."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from torchvision.models import get_model
 from lavise.data.images import decode_image
 from lavise.data.masks import image_object_masks
 from lavise.data.transforms import mask_to_grid, masks_to_crop, preprocess
-from lavise.features import cache as feature_cache
-from lavise.features.cache import ImageObjectsDataset, build_feature_cache, open_feature_cache
-from lavise.models.backbones import build_feature_extractor, resolve_weights
+from lavise.features import extract
+from lavise.features.cache import open_feature_cache
+from lavise.features.extract import ExtractionSettings, ImageObjectsDataset, build_feature_cache
+from lavise.models.extractor import build_feature_extractor
 
 RESIZE, CROP, LAYER = 72, 64, "layer2"  # resnet18 layer2 at 64 px: 128 x 8 x 8
 
@@ -171,18 +172,19 @@ def _build(
     decode: str = "workers",
     raw: Path | None = None,
 ) -> dict[str, Any]:
-    return build_feature_cache(
-        demo["annotations"],
-        raw or demo["raw"],
-        out,
-        backbone={"name": "resnet18", "weights": str(demo["checkpoint"]), "layer": LAYER, "num_classes": None},
-        transform={"resize": RESIZE, "crop": CROP},
+    settings = ExtractionSettings(
+        model="resnet18",
+        weights=str(demo["checkpoint"]),
+        layer=LAYER,
+        num_classes=None,
+        resize=RESIZE,
+        crop=CROP,
         batch_size=batch_size,
-        num_workers=num_workers,
-        device="cpu",
         chunk_images=chunk_images,
+        device=torch.device("cpu"),
         decode=decode,
     )
+    return build_feature_cache(demo["annotations"], raw or demo["raw"], out, settings, num_workers=num_workers)
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +302,7 @@ def _file_bytes(directory: Path) -> dict[str, bytes]:
 def test_resume_after_kill_is_byte_identical(
     demo: dict[str, Path], built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = feature_cache._write_chunk
+    real_write = extract.write_chunk
     written: list[str] = []
 
     def write_then_die(chunk_dir: Path, *args: Any) -> None:
@@ -309,7 +311,7 @@ def test_resume_after_kill_is_byte_identical(
         real_write(chunk_dir, *args)
         written.append(chunk_dir.name)
 
-    monkeypatch.setattr(feature_cache, "_write_chunk", write_then_die)
+    monkeypatch.setattr(extract, "write_chunk", write_then_die)
     out = tmp_path / "features"
     with pytest.raises(KeyboardInterrupt):
         _build(demo, out, num_workers=2)
@@ -322,7 +324,7 @@ def test_resume_after_kill_is_byte_identical(
         resumed.append(chunk_dir.name)
         real_write(chunk_dir, *args)
 
-    monkeypatch.setattr(feature_cache, "_write_chunk", count_writes)
+    monkeypatch.setattr(extract, "write_chunk", count_writes)
     result = _build(demo, out, num_workers=2)
     assert resumed == ["chunk_000001", "chunk_000002", "chunk_000003"]
     assert result["images_computed"] == 7
@@ -396,11 +398,3 @@ def test_device_decode_sends_only_plain_jpegs_to_the_device(demo: dict[str, Path
     }
     with pytest.raises(ValueError, match="decode must be one of"):
         ImageObjectsDataset(images, objects, offsets, demo["raw"], RESIZE, CROP, (8, 8), decode="gpu")
-
-
-def test_target_weights_resolution(tmp_path: Path) -> None:
-    assert resolve_weights("IMAGENET1K_V1", tmp_path) == "IMAGENET1K_V1"
-    with pytest.raises(FileNotFoundError, match="target stage"):
-        resolve_weights("target", tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(b"x")
-    assert resolve_weights("target", tmp_path) == str(tmp_path / "model.safetensors")

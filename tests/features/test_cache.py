@@ -1,0 +1,181 @@
+"""The cache format: the writer's chunks assembled, and the reader's checks, each error naming the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lavise.features.cache import (
+    TABLE_SCHEMAS,
+    assemble_chunks,
+    finish_cache,
+    open_feature_cache,
+    prepare_chunks,
+    write_chunk,
+)
+from tests.writers.cache import write_feature_cache
+
+CHANNELS, GRID = 3, (2, 2)
+
+
+def _small_cache(directory: Path) -> Path:
+    rng = np.random.default_rng(0)
+    return write_feature_cache(
+        directory,
+        train_vectors=rng.normal(size=(4, CHANNELS)),
+        train_objects={"object_id": [5, 6, 7, 8], "image_id": [1, 1, 2, 2], "category": ["a", "b", "a", "c"]},
+        val_vectors=rng.normal(size=(2, CHANNELS)),
+        val_objects={"object_id": [9, 10], "image_id": [3, 4], "category": ["a", "b"], "coverage": [0.5, 0.0]},
+        val_maps=rng.normal(size=(2, CHANNELS, *GRID)),
+        val_images={"row": [0, 1], "image_id": [3, 4]},
+        meta={"layer": "layer4"},
+    )
+
+
+def test_written_cache_reads_back_memory_mapped_read_only(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    train, val = rng.normal(size=(4, CHANNELS)), rng.normal(size=(2, CHANNELS))
+    maps = rng.normal(size=(2, CHANNELS, *GRID))
+    cache = open_feature_cache(_small_cache(tmp_path / "features"))
+    assert sorted(p.name for p in cache.directory.iterdir()) == sorted(
+        ["meta.json", *(f"{name}.parquet" for name in TABLE_SCHEMAS), "train_vectors.npy", "val_vectors.npy"]
+        + ["val_maps.npy"]
+    )
+    for array, expected in ((cache.train_vectors, train), (cache.val_vectors, val), (cache.val_maps, maps)):
+        assert isinstance(array, np.memmap) and array.dtype == np.float16 and not array.flags.writeable
+        np.testing.assert_array_equal(array, expected.astype(np.float16))
+    assert cache.meta == {"channels": 3, "height": 2, "width": 2, "dtype": "float16", "layer": "layer4"}
+    assert list(cache.train_objects["row"]) == [0, 1, 2, 3] and list(cache.train_objects["coverage"]) == [1.0] * 4
+    assert list(cache.val_objects["coverage"]) == [0.5, 0.0]
+    assert list(cache.val_images["image_id"]) == [3, 4]
+    assert cache.table("images").to_pydict() == {
+        "image_id": [1, 2, 3, 4],
+        "split": ["train", "train", "val", "val"],
+        "status": ["ok"] * 4,
+        "error": [None] * 4,
+    }
+    for name, schema in TABLE_SCHEMAS.items():
+        assert pq.read_schema(cache.directory / f"{name}.parquet").remove_metadata() == schema
+    assert cache.table("train_objects", columns=["category"]).column("category").to_pylist() == ["a", "b", "a", "c"]
+
+
+def test_writer_defaults_make_a_valid_empty_remainder(tmp_path: Path) -> None:
+    cache = open_feature_cache(write_feature_cache(tmp_path / "features", val_maps=np.ones((3, 5, 4, 6))))
+    assert cache.train_vectors.shape == (0, 5) and cache.val_vectors.shape == (0, 5)
+    assert (cache.meta["channels"], cache.meta["height"], cache.meta["width"]) == (5, 4, 6)
+    assert list(cache.val_images["row"]) == [0, 1, 2] and list(cache.images["split"]) == ["val"] * 3
+    cache = open_feature_cache(write_feature_cache(tmp_path / "vectors", train_vectors=np.ones((2, 7))))
+    assert cache.val_maps.shape == (0, 7, 1, 1) and list(cache.train_objects["object_id"]) == [0, 1]
+
+
+def _chunk(rows: int, maps: int, image_ids: list[int]) -> tuple[dict[str, np.ndarray], dict[str, pa.Table]]:
+    """One chunk: ``rows`` train vectors (all equal to ``rows``), ``maps`` val maps (equal to ``maps``)."""
+    arrays = {
+        "train_vectors": np.full((rows, 2), rows, np.float16),
+        "val_vectors": np.zeros((0, 2), np.float16),
+        "val_maps": np.full((maps, 2, 1, 1), maps, np.float16),
+    }
+    objects = {
+        "row": np.arange(rows),
+        "object_id": np.arange(rows) + 10 * rows,
+        "image_id": [image_ids[0]] * rows,
+        "category": ["x"] * rows,
+        "coverage": np.ones(rows, np.float32),
+    }
+    n = len(image_ids)
+    columns = {
+        "images": {"image_id": image_ids, "split": ["train"] * n, "status": ["ok"] * n, "error": [None] * n},
+        "train_objects": objects,
+        "val_objects": {name: values[:0] for name, values in objects.items()},
+        "val_images": {"row": np.arange(maps), "image_id": [image_ids[-1]] * maps},
+    }
+    return arrays, {name: pa.table(columns[name], schema=schema) for name, schema in TABLE_SCHEMAS.items()}
+
+
+def test_chunks_are_assembled_with_rows_shifted_and_resumed_only_with_the_same_fingerprint(tmp_path: Path) -> None:
+    out = tmp_path / "features"
+    chunk_dirs, pending = prepare_chunks(out, {"run": 1}, 2)
+    assert pending == [0, 1] and [p.name for p in chunk_dirs] == ["chunk_000000", "chunk_000001"]
+    write_chunk(chunk_dirs[0], *_chunk(2, 1, [1, 2]), {"objects_outside_crop": 1})
+    assert prepare_chunks(out, {"run": 1}, 2)[1] == [1]  # a resumed run keeps the written chunk
+    assert prepare_chunks(out, {"run": 2}, 2)[1] == [0, 1]  # other settings: discarded
+    write_chunk(chunk_dirs[0], *_chunk(2, 1, [1, 2]), {"objects_outside_crop": 1})
+    write_chunk(chunk_dirs[1], *_chunk(3, 2, [3]), {"objects_outside_crop": 2})
+    totals = assemble_chunks(chunk_dirs, out)
+    assert totals == {"objects_outside_crop": 3, "train_vectors": 5, "val_vectors": 0, "val_maps": 3}
+    finish_cache(out, {"channels": 2, "height": 1, "width": 1})
+    assert not (out / ".chunks").exists()
+    cache = open_feature_cache(out)
+    assert list(cache.train_objects["row"]) == [0, 1, 2, 3, 4]
+    assert list(cache.train_objects["object_id"]) == [20, 21, 30, 31, 32]
+    assert list(cache.val_images["row"]) == [0, 1, 2] and list(cache.val_images["image_id"]) == [2, 3, 3]
+    np.testing.assert_array_equal(cache.train_vectors[:, 0], [2, 2, 3, 3, 3])
+    np.testing.assert_array_equal(cache.val_maps[:, 0, 0, 0], [1, 2, 2])
+    assert list(cache.images["image_id"]) == [1, 2, 3]
+
+
+def test_no_meta_means_the_stage_has_not_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="meta.json not found: run the features stage first"):
+        open_feature_cache(tmp_path)
+
+
+@pytest.mark.parametrize("missing", ["val_maps.npy", "train_vectors.npy", "images.parquet", "val_objects.parquet"])
+def test_a_missing_file_is_named(tmp_path: Path, missing: str) -> None:
+    directory = _small_cache(tmp_path / "features")
+    (directory / missing).unlink()
+    with pytest.raises(ValueError, match=rf"features/{missing} not found: not a complete feature cache"):
+        open_feature_cache(directory)
+
+
+def test_a_table_without_its_columns_is_named(tmp_path: Path) -> None:
+    directory = _small_cache(tmp_path / "features")
+    pq.write_table(pa.table({"row": [0, 1]}), directory / "val_images.parquet")
+    with pytest.raises(ValueError, match=r"val_images.parquet: missing columns \['image_id'\]"):
+        open_feature_cache(directory)
+
+
+def test_maps_that_are_not_4d(tmp_path: Path) -> None:
+    directory = _small_cache(tmp_path / "features")
+    np.save(directory / "val_maps.npy", np.zeros((2, 3, 4), np.float16))
+    with pytest.raises(ValueError, match=r"val_maps.npy: expected \[N, d, h, w\], got shape \(2, 3, 4\)"):
+        open_feature_cache(directory)
+    np.save(directory / "val_maps.npy", np.zeros((2, 3, 2, 2), np.float16))
+    np.save(directory / "train_vectors.npy", np.zeros((4, 3, 1), np.float16))
+    with pytest.raises(ValueError, match=r"train_vectors.npy: expected \[n, d\], got shape \(4, 3, 1\)"):
+        open_feature_cache(directory)
+
+
+def test_row_tables_must_index_their_arrays(tmp_path: Path) -> None:
+    directory = _small_cache(tmp_path / "features")
+    np.save(directory / "val_maps.npy", np.zeros((3, 3, 2, 2), np.float16))
+    with pytest.raises(ValueError, match=r"val_images.parquet \(2 rows\) does not index val_maps.npy \(3 maps\)"):
+        open_feature_cache(directory)
+    np.save(directory / "val_maps.npy", np.zeros((2, 3, 2, 2), np.float16))
+    pq.write_table(
+        pa.table({"row": [1, 0], "image_id": [3, 4]}, schema=TABLE_SCHEMAS["val_images"]),
+        directory / "val_images.parquet",
+    )
+    with pytest.raises(ValueError, match=r"val_images.parquet \(2 rows\) does not index val_maps.npy"):
+        open_feature_cache(directory)
+    np.save(directory / "val_vectors.npy", np.zeros((5, 3), np.float16))
+    with pytest.raises(
+        ValueError, match=r"val_objects.parquet \(2 rows\) does not index val_vectors.npy \(5 vectors\)"
+    ):
+        open_feature_cache(directory)
+
+
+def test_meta_shape_must_be_the_maps_shape(tmp_path: Path) -> None:
+    directory = _small_cache(tmp_path / "features")
+    meta = json.loads((directory / "meta.json").read_text())
+    (directory / "meta.json").write_text(json.dumps({**meta, "height": 14}))
+    with pytest.raises(ValueError, match=r"meta.json declares \(channels, height, width\) \(3, 14, 2\) but val_maps"):
+        open_feature_cache(directory)
+    (directory / "meta.json").write_text(json.dumps(meta))
+    np.save(directory / "train_vectors.npy", np.zeros((4, 5), np.float16))
+    with pytest.raises(ValueError, match=r"meta.json channels=3 but train_vectors.npy has 5 columns"):
+        open_feature_cache(directory)
