@@ -86,6 +86,7 @@ def build_random_cache(
 
 
 def train_settings(batch_size: int, device: str) -> dict[str, Any]:
+    """A `train` params section for one epoch."""
     return dict(
         hidden_dim=None,
         dropout=0.1,
@@ -95,6 +96,7 @@ def train_settings(batch_size: int, device: str) -> dict[str, Any]:
         batch_size=batch_size,
         epochs=1,
         patience=1,
+        lr_patience=10,
         seed=0,
         device=device,
     )
@@ -102,17 +104,17 @@ def train_settings(batch_size: int, device: str) -> dict[str, Any]:
 
 def one_epoch(paths: dict[str, Path], out: Path, batch_size: int, device: str) -> dict[str, Any]:
     """One epoch of the `train` stage (train pass + validation + writing) on ``paths``."""
-    from lavise.training.explainer import train_explainer
+    from stages.train import run_train
 
     started = time.perf_counter()
-    metrics = train_explainer(
+    metrics = run_train(
         paths["features"],
         paths["annotations"],
         paths["glove"],
         out / "explainer",
-        metrics_path=out / "train.json",
-        history_path=out / "history.csv",
-        **train_settings(batch_size, device),
+        out / "train.json",
+        out / "history.csv",
+        train_settings(batch_size, device),
     )
     return {"seconds": time.perf_counter() - started, "metrics": metrics}
 
@@ -162,10 +164,12 @@ def bench_fact2023(args: argparse.Namespace) -> None:
     from lavise.data.images import decode_image
     from lavise.data.masks import image_object_masks
     from lavise.data.transforms import mask_to_grid, masks_to_crop, preprocess
+    from lavise.features.pooling import pool as pool_features
     from lavise.io import read_json
-    from lavise.models.backbones import build_feature_extractor, pool_features
     from lavise.models.explainer import Explainer, hinge_rank_loss
-    from lavise.training.explainer import load_class_vectors, load_classes, make_optimizer
+    from lavise.models.extractor import build_feature_extractor
+    from lavise.training.explainer import make_optimizer
+    from lavise.training.explainer_data import load_class_vectors, load_classes
     from stages.params import load_params
 
     torch.set_num_threads(args.threads)

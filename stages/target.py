@@ -1,35 +1,153 @@
 """`target` stage: train the target CNN on the reference dataset (see lavise/training/target.py).
 
 Runs only when `backbone.weights` is `target`; otherwise it records that nothing was trained.
+Steps: read the labelled images, build the classifier from `target.init`, train, then write the
+checkpoint with its config and the metrics. Reads the `target` section (and the backbone name,
+the dataset and the `features` geometry `transform`), never `features.*`.
 """
 
 from __future__ import annotations
 
-from lavise.training.target import run_target_stage
-from stages.cli import start_stage
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lavise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from lavise.devices import resolve_device
+from lavise.io import atomic_dir, json_float, write_json
+from lavise.models.checkpoints import save_checkpoint
+from lavise.models.classifier import build_classifier
+from lavise.training.target import LOSS_DESCRIPTION, OPTIMIZER_DESCRIPTION, TrainingResult, train_target_model
+from lavise.training.target_data import MultiLabelData, load_multilabel_data
+from stages.backbone_params import validate_backbone
+from stages.cli import run_stage, start_stage
+
+log = logging.getLogger("stages.target")
+
+TRAINING_KEYS = ("init", "epochs", "batch_size", "lr", "weight_decay", "crop", "seed")
+
+
+def write_not_trained(out_dir: Path, metrics_path: Path, backbone_weights: str) -> dict[str, Any]:
+    """The skip path: the backbone names its own weights, so nothing is trained."""
+    log.info("target: backbone.weights is %r, nothing to train", backbone_weights)
+    with atomic_dir(out_dir) as tmp:
+        write_json(
+            tmp / "config.json",
+            {
+                "trained": False,
+                "reason": f"backbone.weights is {backbone_weights!r}, not 'target': "
+                "features loads those weights directly",
+            },
+        )
+    write_json(metrics_path, {"trained": False})
+    return {"trained": False}
+
+
+def load_data(annotations_dir: Path, image_root: Path) -> MultiLabelData:
+    """The labelled train/val images; left-out images and objects are warned about."""
+    data = load_multilabel_data(annotations_dir, image_root)
+    for key, value in data.counts.items():
+        if value and ("not_ok" in key or "unlabelled" in key):
+            log.warning("target: %s = %d", key, value)
+    return data
+
+
+def train(
+    data: MultiLabelData,
+    architecture: str,
+    target: Mapping[str, Any],
+    transform: Mapping[str, Any],
+    device: torch.device,
+) -> TrainingResult:
+    """Build the classifier from `target.init` and train it with the `target` settings."""
+    log.info("target: %s from %s", architecture, target["init"])
+    model = build_classifier(architecture, len(data.categories), target["init"], target["seed"], what="target.init")
+    return train_target_model(
+        data,
+        model,
+        epochs=target["epochs"],
+        batch_size=target["batch_size"],
+        lr=target["lr"],
+        weight_decay=target["weight_decay"],
+        crop=target["crop"],
+        seed=target["seed"],
+        eval_resize=transform["resize"],
+        eval_crop=transform["crop"],
+        num_workers=target["num_workers"],
+        device=device,
+    )
+
+
+def checkpoint_config(
+    architecture: str, data: MultiLabelData, target: Mapping[str, Any], result: TrainingResult
+) -> dict[str, Any]:
+    """config.json next to the checkpoint: the classes, how they were trained, the per-epoch scores."""
+    return {
+        "trained": True,
+        "architecture": architecture,
+        "num_classes": len(data.categories),
+        "categories": data.categories,
+        **{key: target[key] for key in TRAINING_KEYS},
+        "optimizer": OPTIMIZER_DESCRIPTION,
+        "loss": LOSS_DESCRIPTION,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "val_map_per_epoch": [json_float(v) for v in result.val_map_per_epoch],
+        "train_loss_per_epoch": [json_float(v) for v in result.train_loss_per_epoch],
+        "val_map": json_float(result.val_map_per_epoch[-1]),
+        "val_map_at_transform": json_float(result.val_map_at_transform),
+        "images": data.counts,
+        "skipped_unreadable": result.skipped_unreadable,
+        "cached_in_memory": result.cached,
+    }
+
+
+def target_metrics(result: TrainingResult, epochs: int) -> dict[str, Any]:
+    """metrics/target.json: the last epoch's scores (wall-clock times go to the log, not to
+    DVC-tracked files: a rerun must reproduce them byte for byte)."""
+    return {
+        "trained": True,
+        "val_map": json_float(result.val_map_per_epoch[-1]),
+        "val_map_at_transform": json_float(result.val_map_at_transform),
+        "train_loss": json_float(result.train_loss_per_epoch[-1]),
+        "epochs": epochs,
+        "skipped_unreadable": sum(result.skipped_unreadable.values()),
+    }
+
+
+def run_target(
+    annotations_dir: Path, raw_dir: Path, out_dir: Path, metrics_path: Path, params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The stage with the validated ``params``: writes ``out_dir/model.safetensors`` +
+    ``out_dir/config.json`` and ``metrics_path``; returns the metrics plus the training seconds."""
+    backbone, target = params["backbone"], params["target"]
+    if backbone["weights"] != "target":
+        return write_not_trained(out_dir, metrics_path, backbone["weights"])
+    device = resolve_device(target["device"], "target.device")
+    data = load_data(Path(annotations_dir), Path(raw_dir) / params["dataset"])
+    result = train(data, backbone["name"], target, params["transform"], device)
+    with atomic_dir(out_dir) as tmp:
+        save_checkpoint(result.state_dict, tmp / "model.safetensors")
+        write_json(tmp / "config.json", checkpoint_config(backbone["name"], data, target, result))
+    metrics = target_metrics(result, target["epochs"])
+    log.info("target: trained in %.1f s (%.1f CPU-s in the main process)", result.seconds, result.cpu_seconds)
+    write_json(metrics_path, metrics)
+    return {**metrics, "seconds": round(result.seconds, 2)}
 
 
 def main() -> None:
     args, params = start_stage(
         __doc__,
+        checks=(validate_backbone,),
         annotations="data/annotations",
         raw="data/raw",
         out="models/target",
         metrics="metrics/target.json",
     )
-    run_target_stage(
-        args.annotations,
-        args.raw,
-        args.out,
-        args.metrics,
-        dataset=params["dataset"],
-        backbone=params["backbone"],
-        target=params["target"],
-        transform=params["transform"],
-        num_workers=params["features"]["num_workers"],
-        device=params["features"]["device"],
-    )
+    run_target(args.annotations, args.raw, args.out, args.metrics, params)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

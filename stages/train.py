@@ -1,9 +1,132 @@
-"""`train` stage: the LaViSE explainer from the feature cache (see lavise/training/explainer.py)."""
+"""`train` stage: the LaViSE explainer from the feature cache (see lavise/training/explainer.py).
+
+Steps: check the `train` settings, read the cache and the class tokens, train, then write the
+explainer (weights + config), the per-epoch history and the metrics.
+"""
 
 from __future__ import annotations
 
-from lavise.training.explainer import train_explainer
-from stages.cli import start_stage
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lavise.devices import resolve_device
+from lavise.io import read_json, write_json
+from lavise.models.explainer import save_explainer
+from lavise.training.explainer import ExplainerFit, check_settings, train_explainer, write_history
+from lavise.training.explainer_data import Classes, Split, feature_dim, load_class_vectors, load_classes, load_split
+from stages.cli import run_stage, start_stage
+
+log = logging.getLogger("stages.train")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything read from disk: the cache's meta.json, the classes, their embeddings, both splits."""
+
+    meta: dict[str, Any]
+    classes: Classes
+    class_vectors: torch.Tensor  # [n_classes, emb_dim], L2-normalised
+    train: Split
+    val: Split
+
+
+def load_inputs(features_dir: Path, annotations_dir: Path, embeddings_dir: Path) -> Inputs:
+    """Read the classes, their GloVe vectors and both splits, and check they fit together."""
+    meta = read_json(Path(features_dir) / "meta.json")
+    classes = load_classes(Path(annotations_dir))
+    class_vectors = load_class_vectors(Path(embeddings_dir), classes.tokens)
+    train = load_split(Path(features_dir), "train", classes)
+    val = load_split(Path(features_dir), "val", classes)
+    feature_dim(train, val, meta.get("channels"))
+    return Inputs(meta, classes, class_vectors, train, val)
+
+
+def explainer_config(
+    inputs: Inputs, fit: ExplainerFit, settings: Mapping[str, Any], embeddings_dir: Path, device: torch.device
+) -> dict[str, Any]:
+    """config.json next to the weights: what the explainer predicts, from what, trained how."""
+    keys = ("margin", "optimizer", "lr", "lr_patience", "batch_size", "epochs", "patience", "seed")
+    return {
+        "classes": inputs.classes.tokens,
+        "seen_categories": inputs.classes.seen_categories,
+        "embedding_dim": int(inputs.class_vectors.shape[1]),
+        "embeddings_dir": str(embeddings_dir),
+        "backbone": inputs.meta.get("backbone"),
+        "weights": inputs.meta.get("weights"),
+        "layer": inputs.meta.get("layer"),
+        **{key: settings[key] for key in keys},
+        "device": device.type,
+        "best_epoch": fit.best["epoch"],
+    }
+
+
+def train_metrics(inputs: Inputs, fit: ExplainerFit, epochs: int, device: torch.device) -> dict[str, Any]:
+    """metrics/train.json: the best epoch's scores, the last epoch's, and what was trained on."""
+    best, history = fit.best, fit.history
+    return {
+        "best_epoch": best["epoch"],
+        "best_val_loss": best["val_loss"],
+        "val_top1": best["val_top1"],
+        "val_top5": best["val_top5"],
+        "last_val_top1": history[-1]["val_top1"],
+        "last_val_top5": history[-1]["val_top5"],
+        "n_train": int(inputs.train.rows.size),
+        "n_val": int(inputs.val.rows.size),
+        "n_excluded_train": inputs.train.n_excluded,
+        "n_excluded_val": inputs.val.n_excluded,
+        "n_classes": len(inputs.classes.tokens),
+        "epochs_run": len(history),
+        "stopped_early": len(history) < epochs,
+        "device": device.type,
+    }
+
+
+def run_train(
+    features_dir: Path,
+    annotations_dir: Path,
+    embeddings_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
+    history_path: Path,
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The stage with the `train` params section ``settings``; returns the metrics plus the
+    wall-clock seconds (which go to the log, not to the DVC metric: a rerun must reproduce it
+    byte for byte)."""
+    started = time.perf_counter()
+    check_settings(settings["optimizer"], settings["batch_size"], settings["epochs"], settings["patience"])
+    device = resolve_device(settings["device"], "train.device")
+    inputs = load_inputs(features_dir, annotations_dir, embeddings_dir)
+    fit = train_explainer(
+        inputs.train,
+        inputs.val,
+        inputs.class_vectors,
+        inputs.classes.positives,
+        hidden_dim=settings["hidden_dim"],
+        dropout=settings["dropout"],
+        margin=settings["margin"],
+        optimizer=settings["optimizer"],
+        lr=settings["lr"],
+        lr_patience=settings["lr_patience"],
+        batch_size=settings["batch_size"],
+        epochs=settings["epochs"],
+        patience=settings["patience"],
+        seed=settings["seed"],
+        device=device,
+    )
+    save_explainer(fit.model, explainer_config(inputs, fit, settings, embeddings_dir, device), out_dir)
+    write_history(Path(history_path), fit.history)
+    metrics = train_metrics(inputs, fit, settings["epochs"], device)
+    seconds = round(time.perf_counter() - started, 3)
+    log.info("train: %d epochs in %.1f s", len(fit.history), seconds)
+    write_json(Path(metrics_path), metrics)
+    return {**metrics, "seconds": seconds}
 
 
 def main() -> None:
@@ -16,16 +139,8 @@ def main() -> None:
         metrics="metrics/train.json",
         history="plots/train_history.csv",
     )
-    train_explainer(
-        args.features,
-        args.annotations,
-        args.glove,
-        args.out,
-        metrics_path=args.metrics,
-        history_path=args.history,
-        **params["train"],
-    )
+    run_train(args.features, args.annotations, args.glove, args.out, args.metrics, args.history, params["train"])
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

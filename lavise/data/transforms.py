@@ -1,5 +1,6 @@
 """Every pixel transform: the single resize -> centre-crop mapping shared by images and their
-masks, and the normalisation of model inputs.
+masks, the seeded random crop of the target CNN's augmentation, and the normalisation of model
+inputs (uint8 -> ImageNet-normalised float, written once here).
 
 FACT2023 cropped images and masks differently, so the pooled "object" vectors described pixels
 that were not the object. Here every image and every mask goes through ``transform_geometry``
@@ -7,6 +8,8 @@ and nothing else, so a pixel of the crop means the same place in both.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as nnf
@@ -29,6 +32,12 @@ def resized_size(height: int, width: int, resize: int) -> tuple[int, int]:
     return resize, int(resize * width / height)
 
 
+def resize_shorter_side(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of ``[..., H, W]`` so the shorter side is ``size``: the first
+    half of ``transform_geometry``, on its own so a resized image can be cached before cropping."""
+    return tvf.resize(x, [size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
 def transform_geometry(x: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     """Resize the shorter side to ``resize`` (bilinear, antialiased), then centre-crop ``crop``.
 
@@ -36,8 +45,37 @@ def transform_geometry(x: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     """
     if x.ndim < 2:
         raise ValueError(f"expected a tensor [..., H, W], got shape {tuple(x.shape)}")
-    resized = tvf.resize(x, [resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return tvf.center_crop(resized, [crop, crop])
+    return tvf.center_crop(resize_shorter_side(x, resize), [crop, crop])
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    *,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop covering ``scale`` of the area with aspect in ``ratio``.
+
+    Same sampling as torchvision's RandomResizedCrop (ten tries, then the centred square), but
+    from an explicit generator so that the crops depend only on the seed, not on global RNG
+    state or worker scheduling.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(u[2] * (height - h + 1))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
 
 
 def masks_to_crop(masks: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
@@ -84,6 +122,18 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` in 0..255 -> ImageNet-normalised float32: the one place the
+    pixels a backbone sees are scaled, so every caller feeds it the same numbers."""
+    return normalize(images.float() / 255.0)
+
+
+def to_model_input(batch_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> normalised float on ``device``, channels_last (the layout the
+    convolutions run fastest in)."""
+    return normalize_uint8(batch_uint8.to(device)).contiguous(memory_format=torch.channels_last)
+
+
 def preprocess(img_uint8: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     """Resize -> centre-crop -> normalise an RGB uint8 image to float ``[3, crop, crop]``.
 
@@ -92,5 +142,4 @@ def preprocess(img_uint8: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     """
     if img_uint8.dtype != torch.uint8 or img_uint8.ndim != 3 or img_uint8.shape[0] != 3:
         raise ValueError(f"expected an RGB uint8 image [3, H, W], got {img_uint8.dtype} {tuple(img_uint8.shape)}")
-    cropped = transform_geometry(img_uint8, resize, crop)
-    return normalize(cropped.to(torch.float32) / 255.0)
+    return normalize_uint8(transform_geometry(img_uint8, resize, crop))

@@ -1,4 +1,5 @@
-"""The shared image/mask geometry: sizes, alignment, and cell coverage."""
+"""The pixel transforms: the shared image/mask geometry (sizes, alignment, cell coverage), the
+seeded random crop, and the uint8 -> normalised model input."""
 
 from __future__ import annotations
 
@@ -6,7 +7,20 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as tvf
 
-from lavise.data.transforms import mask_to_grid, masks_to_crop, resized_size, transform_geometry
+from lavise.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    mask_to_grid,
+    masks_to_crop,
+    normalize,
+    normalize_uint8,
+    preprocess,
+    random_resized_crop_box,
+    resize_shorter_side,
+    resized_size,
+    to_model_input,
+    transform_geometry,
+)
 
 
 @pytest.mark.parametrize(
@@ -99,3 +113,41 @@ def test_bool_masks_match_float_interpolation_to_one_level() -> None:
     fast = masks_to_crop(masks, 64, 56)
     exact = masks_to_crop(masks.float(), 64, 56)
     assert float((fast - exact).abs().max()) <= 1.0 / 255
+
+
+def test_resize_shorter_side_is_the_first_half_of_the_geometry() -> None:
+    image = torch.randint(0, 256, (3, 50, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    resized = resize_shorter_side(image, 40)
+    assert resized.shape == (3, 40, 64) and resized.dtype == torch.uint8
+    assert torch.equal(tvf.center_crop(resized, [32, 32]), transform_geometry(image, 40, 32))
+
+
+def test_random_resized_crop_box_falls_back_to_the_centred_square() -> None:
+    # No crop of 2-3x the image area fits: after ten tries, the centred square of side min(h, w).
+    generator = torch.Generator().manual_seed(0)
+    assert random_resized_crop_box(30, 50, generator, scale=(2.0, 3.0), ratio=(1.0, 1.0)) == (0, 10, 30, 30)
+
+
+def test_random_resized_crop_box_whole_image_at_scale_one() -> None:
+    # scale 1 and ratio 1 on a square: the only box is the whole image at (0, 0).
+    generator = torch.Generator().manual_seed(1)
+    assert random_resized_crop_box(20, 20, generator, scale=(1.0, 1.0), ratio=(1.0, 1.0)) == (0, 0, 20, 20)
+
+
+def test_normalize_uint8_hand_computed() -> None:
+    image = torch.zeros(3, 1, 2, dtype=torch.uint8)
+    image[:, 0, 1] = 255
+    out = normalize_uint8(image)
+    assert out.dtype == torch.float32
+    for channel, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):
+        assert out[channel, 0, 0].item() == pytest.approx(-mean / std)
+        assert out[channel, 0, 1].item() == pytest.approx((1 - mean) / std)
+
+
+def test_to_model_input_is_normalised_and_channels_last() -> None:
+    batch = torch.randint(0, 256, (2, 3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    inputs = to_model_input(batch, torch.device("cpu"))
+    assert inputs.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(inputs, normalize(batch.float() / 255.0))
+    square = batch[0, :, :, :4].contiguous()
+    assert torch.equal(preprocess(square, 4, 4), normalize_uint8(square))

@@ -1,0 +1,155 @@
+"""The explainer's training data, read from the feature cache and the annotation tables.
+
+Samples are the cached pooled vectors of the objects of seen categories; classes are the distinct
+tokens of those categories. Batches are gathered from the memory-mapped cache by sorted fancy
+indexing, float16 -> float32 per batch: nothing per sample in Python and no copy of the cache in
+RAM (resident memory is the page cache plus one batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's samples: rows into the memory-mapped vectors and each row's category index."""
+
+    vectors: np.ndarray  # memory-mapped [n_rows, d] float16; only `rows` of it are samples
+    rows: np.ndarray  # int64 [n]
+    category_index: np.ndarray  # int64 [n], into the seen-category positive table
+    n_excluded: dict[str, int]  # objects not used, by reason
+
+
+@dataclass(frozen=True)
+class Classes:
+    """The explainer's classes: the distinct tokens of the seen categories, sorted."""
+
+    tokens: list[str]
+    seen_categories: list[str]
+    positives: torch.Tensor  # bool [n_seen_categories, n_classes]
+    roles: dict[str, str]  # every known category → seen | unseen | dropped
+
+
+def load_classes(annotations_dir: Path) -> Classes:
+    """Read categories.parquet and build the token classes and each seen category's positives."""
+    path = Path(annotations_dir) / "categories.parquet"
+    table = pq.read_table(path, columns=["category", "tokens", "role"]).to_pydict()
+    roles = dict(zip(table["category"], table["role"]))
+    seen = sorted(c for c, r in roles.items() if r == "seen")
+    if not seen:
+        raise ValueError(f"{path}: no category has role 'seen'; nothing to train on")
+    tokens_of = dict(zip(table["category"], table["tokens"]))
+    empty = [c for c in seen if not tokens_of[c]]
+    if empty:
+        raise ValueError(f"{path}: seen categories without tokens: {empty[:10]}")
+    tokens = sorted({t for c in seen for t in tokens_of[c]})
+    token_index = {t: i for i, t in enumerate(tokens)}
+    positives = torch.zeros(len(seen), len(tokens), dtype=torch.bool)
+    for row, category in enumerate(seen):
+        positives[row, [token_index[t] for t in tokens_of[category]]] = True
+    return Classes(tokens=tokens, seen_categories=seen, positives=positives, roles=roles)
+
+
+def load_class_vectors(embeddings_dir: Path, tokens: list[str]) -> torch.Tensor:
+    """The L2-normalised GloVe vector of every class token; a token without one is an error."""
+    from lavise.data.embeddings import WordEmbeddings
+
+    store = WordEmbeddings.load(Path(embeddings_dir))
+    vectors = torch.from_numpy(np.asarray(store.vectors_of(tokens), dtype=np.float32))
+    norms = vectors.norm(dim=1)
+    bad = [t for t, n in zip(tokens, norms.tolist()) if not math.isfinite(n) or n < 1e-6]
+    if bad:
+        raise ValueError(f"class tokens without a usable embedding in {embeddings_dir}: {bad[:10]}")
+    return vectors / norms[:, None]
+
+
+def load_split(features_dir: Path, split: str, classes: Classes) -> Split:
+    """Memory-map one split's vectors and keep only objects of seen categories (others counted).
+
+    Objects whose mask the centre crop cuts away entirely (``coverage`` 0) have an all-zero
+    pooled vector that says nothing about them: they are excluded and counted as ``outside_crop``.
+    """
+    vectors_path = Path(features_dir) / f"{split}_vectors.npy"
+    objects_path = Path(features_dir) / f"{split}_objects.parquet"
+    vectors = np.load(vectors_path, mmap_mode="r")
+    if vectors.ndim != 2:
+        raise ValueError(f"{vectors_path}: expected [n, d], got shape {vectors.shape}")
+    objects = pq.read_table(objects_path, columns=["row", "category", "coverage"])
+    rows = objects.column("row").to_numpy().astype(np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= vectors.shape[0]):
+        raise ValueError(f"{objects_path}: row out of range [0, {vectors.shape[0]})")
+    column = objects.column("category").combine_chunks()
+    if column.null_count:
+        raise ValueError(f"{objects_path}: {column.null_count} objects have no category")
+    # Dictionary-encoded: one Python string per distinct category, not per object (2M objects).
+    encoded = column.dictionary_encode()
+    unique = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    inverse = encoded.indices.to_numpy().astype(np.int64)
+    unknown = [c for c in unique if c not in classes.roles]
+    if unknown:
+        raise ValueError(f"{objects_path}: categories missing from categories.parquet: {unknown[:10]}")
+    seen_index = {c: i for i, c in enumerate(classes.seen_categories)}
+    unique_index = np.array([seen_index.get(c, -1) for c in unique], dtype=np.int64)
+    category_index = unique_index[inverse] if unique.size else np.zeros(0, dtype=np.int64)
+    inside = objects.column("coverage").to_numpy() > 0
+    keep = (category_index >= 0) & inside
+    n_excluded: dict[str, int] = {"outside_crop": int(((category_index >= 0) & ~inside).sum())}
+    for role in ("unseen", "dropped"):
+        role_codes = np.array([classes.roles[c] == role for c in unique], dtype=bool)
+        n_excluded[role] = int(role_codes[inverse].sum()) if unique.size else 0
+    log.info(
+        "%s: %d objects, %d of seen categories used, excluded %s",
+        split,
+        rows.size,
+        int(keep.sum()),
+        n_excluded,
+    )
+    return Split(vectors=vectors, rows=rows[keep], category_index=category_index[keep], n_excluded=n_excluded)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Batch [start, stop) ranges; a trailing batch of one joins the previous one.
+
+    BatchNorm cannot train on a single sample, and dropping it would silently lose data.
+    """
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def gather_batch(split: Split, sample_indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read the given samples' vectors (rows sorted for locality) as float32, with category ids."""
+    rows = split.rows[sample_indices]
+    order = np.argsort(rows, kind="stable")
+    rows, category_index = rows[order], split.category_index[sample_indices[order]]
+    features = torch.from_numpy(np.asarray(split.vectors[rows], dtype=np.float32))
+    if not bool(torch.isfinite(features).all()):
+        bad_rows = rows[~torch.isfinite(features).all(dim=1).numpy()]
+        raise ValueError(f"non-finite feature vectors in the cache at rows {bad_rows[:10].tolist()}")
+    return features, torch.from_numpy(category_index)
+
+
+def feature_dim(train: Split, val: Split, channels: int | None) -> int:
+    """The explainer's input size: the columns of both splits' vectors, which must agree with
+    each other and with the cache's recorded ``channels``; each split needs two samples
+    (BatchNorm)."""
+    for name, split in (("train", train), ("val", val)):
+        if split.rows.size < 2:
+            raise ValueError(f"{name} split has {split.rows.size} objects of seen categories; need >= 2")
+    in_dim = int(train.vectors.shape[1])
+    if channels is not None and int(channels) != in_dim:
+        raise ValueError(f"meta.json channels={channels} but train_vectors has {in_dim} columns")
+    if val.vectors.shape[1] != in_dim:
+        raise ValueError(f"val_vectors has {val.vectors.shape[1]} columns, train_vectors {in_dim}")
+    return in_dim
