@@ -5,13 +5,12 @@ vocabulary and a randomly initialised explainer; every method except image maski
 re-runs the CNN and is limited by params). Prints filters/s, the time of the thresholds step
 (``filter_thresholds``: one pass over the cache) and the peak RSS.
 
-    python benchmarks/bench_evaluate.py [--images 200] [--filters 512] [--threads 1]
+    python -m benchmarks.bench_evaluate [--images 200] [--filters 512] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import tempfile
@@ -19,13 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-import lavise.explain.evaluation
-from lavise.explain.evaluation import evaluate_explanations
+import stages.evaluate
 from lavise.models.explainer import Explainer, save_explainer
+from stages.evaluate import Paths, run_evaluate
+from tests.writers.annotations import boxes_object, category_row, image_row, write_annotation_tables
+from tests.writers.cache import write_feature_cache
+from tests.writers.glove import write_glove_store
 
 CATEGORY_NAMES = [f"cat{i}" for i in range(60)]
 
@@ -34,66 +34,31 @@ def build_cache(root: Path, n_images: int, channels: int, vocab_size: int, emb_d
     """Feature maps, boxes annotations, a random unit-vector vocabulary and a random explainer."""
     rng = np.random.default_rng(seed)
     words = [f"w{i}" for i in range(vocab_size - len(CATEGORY_NAMES))] + CATEGORY_NAMES
-    glove = root / "glove"
-    glove.mkdir(parents=True)
-    vectors = rng.normal(size=(vocab_size, emb_dim)).astype(np.float32)
-    np.save(glove / "vectors.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    pq.write_table(pa.table({"word": words}), glove / "vocab.parquet")
-    annotations = root / "annotations"
-    annotations.mkdir()
+    write_glove_store(root / "glove", words, rng.normal(size=(vocab_size, emb_dim)).astype(np.float32))
     roles = ["seen" if i % 10 < 7 else "unseen" for i in range(len(CATEGORY_NAMES))]
-    pq.write_table(
-        pa.table({"category": CATEGORY_NAMES, "tokens": [[c] for c in CATEGORY_NAMES], "role": roles}),
-        annotations / "categories.parquet",
-    )
     images, objects = [], []
     for i in range(n_images):
         height, width = int(rng.integers(300, 500)), int(rng.integers(300, 500))
-        images.append({"image_id": i, "path": f"images/{i}.jpg", "width": width, "height": height})
+        images.append(image_row(i, width=width, height=height, split="val", path=f"images/{i}.jpg"))
         for c in rng.choice(len(CATEGORY_NAMES), size=int(rng.integers(2, 9)), replace=False):
             w, h = rng.uniform(30, width), rng.uniform(30, height)
-            objects.append(
-                {
-                    "object_id": len(objects),
-                    "image_id": i,
-                    "category": CATEGORY_NAMES[c],
-                    "kind": "boxes",
-                    "rle": None,
-                    "boxes": [rng.uniform(0, width - w), rng.uniform(0, height - h), w, h],
-                }
-            )
-    pq.write_table(pa.Table.from_pylist(images), annotations / "images.parquet")
-    pq.write_table(
-        pa.Table.from_pylist(
-            objects,
-            schema=pa.schema(
-                [
-                    ("object_id", pa.int64()),
-                    ("image_id", pa.int64()),
-                    ("category", pa.string()),
-                    ("kind", pa.string()),
-                    ("rle", pa.string()),
-                    ("boxes", pa.list_(pa.float32())),
-                ]
-            ),
-        ),
-        annotations / "objects.parquet",
+            box = [rng.uniform(0, width - w), rng.uniform(0, height - h), w, h]
+            objects.append(boxes_object(len(objects), i, CATEGORY_NAMES[c], box))
+    write_annotation_tables(
+        root / "annotations",
+        images=images,
+        objects=objects,
+        categories=[category_row(name, [name], role=role) for name, role in zip(CATEGORY_NAMES, roles)],
     )
-    features = root / "features"
-    features.mkdir()
     maps = np.maximum(rng.normal(-0.3, 1.0, size=(n_images, channels, 7, 7)), 0).astype(np.float16)
-    np.save(features / "val_maps.npy", maps)
-    (features / "meta.json").write_text(json.dumps({"channels": channels, "height": 7, "width": 7}))
-    pq.write_table(
-        pa.table({"row": np.arange(n_images), "image_id": np.arange(n_images)}), features / "val_images.parquet"
-    )
+    write_feature_cache(root / "features", val_maps=maps)
     torch.manual_seed(seed)
     save_explainer(Explainer(channels, emb_dim).eval(), {"class_tokens": CATEGORY_NAMES}, root / "explainer")
 
 
 def time_thresholds(timings: dict[str, float]) -> None:
     """Wrap the evaluate stage's ``filter_thresholds`` so its wall time lands in ``timings``."""
-    inner = lavise.explain.evaluation.filter_thresholds
+    inner = stages.evaluate.filter_thresholds
 
     def timed(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
@@ -102,7 +67,7 @@ def time_thresholds(timings: dict[str, float]) -> None:
         finally:
             timings["thresholds"] = time.perf_counter() - start
 
-    lavise.explain.evaluation.filter_thresholds = timed
+    stages.evaluate.filter_thresholds = timed
 
 
 def main() -> None:
@@ -135,18 +100,17 @@ def main() -> None:
             "device": "cpu",
         }
         start = time.perf_counter()
-        metrics = evaluate_explanations(
-            root / "features",
-            root / "annotations",
-            root / "explainer",
-            root / "glove",
-            root / "raw",
-            root / "recall.json",
-            root / "results",
-            backbone={"name": "resnet18", "weights": "none", "layer": "layer4", "num_classes": None},
-            transform={"resize": 256, "crop": 224},
-            evaluate=evaluate,
+        paths = Paths(
+            features=root / "features",
+            annotations=root / "annotations",
+            explainer=root / "explainer",
+            glove=root / "glove",
+            raw=root / "raw",
+            metrics=root / "recall.json",
+            results=root / "results",
         )
+        backbone = {"name": "resnet18", "weights": "none", "layer": "layer4", "num_classes": None}
+        metrics = run_evaluate(paths, backbone, {"resize": 256, "crop": 224}, evaluate)
         elapsed = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pairs = metrics["projection"]["n_pairs"]

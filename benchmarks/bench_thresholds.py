@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.memory import PeakMemory
-from lavise.metrics.recall import filter_thresholds
+from lavise.features.thresholds import filter_thresholds
 
 
 class CountingMaps:

@@ -1,15 +1,361 @@
-"""`evaluate` stage: explain every filter, score each method with recall@s (see lavise/explain/evaluation.py)."""
+"""`evaluate` stage: explain every filter of the cached layer with every method, score each with recall@s.
+
+Steps: open the feature cache, choose the filters, read the annotations, the vocabulary and the
+explainer; thresholds T_u and top images (lavise/features/thresholds.py); one pass over the maps
+(lavise/explain/stream.py) that explains every (filter, top image) pair with every registered
+method (lavise/explain/explaining.py) and computes each pair's ground truth and NetDissect's
+sums (lavise/metrics/ground_truth.py); the nearest words (lavise/explain/words.py); recall per
+method and NetDissect (lavise/metrics/); then the tables, the metrics and the heatmaps.
+Reads `dataset`, `backbone`, `transform` and `evaluate` from params.yaml.
+"""
 
 from __future__ import annotations
 
-from lavise.explain.evaluation import evaluate_explanations
-from lavise.models.backbones import resolve_weights
-from stages.cli import start_stage
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from lavise.data.embeddings import WordEmbeddings
+from lavise.data.images import decode_image
+from lavise.data.transforms import preprocess
+from lavise.data.vocabulary import Categories, Vocabulary, load_categories, load_vocabulary
+from lavise.devices import resolve_device
+from lavise.explain.explaining import CnnInputs, ExplainingConsumer, MethodOutputs
+from lavise.explain.filters import filters_label, resolve_filters
+from lavise.explain.heatmaps import write_heatmaps
+from lavise.explain.methods import REGISTRY
+from lavise.explain.results import ResultRows, write_tables
+from lavise.explain.stream import stream_maps
+from lavise.explain.words import filter_explanations, image_weights, method_words
+from lavise.features.cache import FeatureCache, open_feature_cache
+from lavise.features.thresholds import TopImagePairs, filter_thresholds, top_images
+from lavise.io import write_json
+from lavise.metrics.ground_truth import GroundTruthConsumer, ObjectMasks
+from lavise.metrics.netdissect import NETDISSECT, NetDissectResult, netdissect_metrics
+from lavise.metrics.recall import TruthTokens, truth_tokens, word_recall_metrics
+from lavise.models.checkpoints import resolve_weights
+from lavise.models.explainer import load_explainer
+from lavise.models.extractor import build_feature_extractor
+from stages.backbone_params import validate_backbone
+from stages.cli import run_stage, start_stage
+
+log = logging.getLogger("stages.evaluate")
+
+OBJECT_COLUMNS = ["object_id", "image_id", "category", "kind", "rle", "boxes"]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The stage's inputs and outputs; ``raw`` is the reference dataset's raw directory
+    (``data/raw/<dataset>``): image paths in images.parquet are relative to it."""
+
+    features: Path
+    annotations: Path
+    explainer: Path
+    glove: Path
+    raw: Path
+    metrics: Path
+    results: Path
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """The evaluation images (indexed by ``image_id``), the kept categories and every object."""
+
+    images: pd.DataFrame
+    categories: Categories
+    objects: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything read before the pass: the cache, each map row's image id ``[N]``, the annotations,
+    the vocabulary, the explainer, the evaluated filters ``[F]`` and ``cnn_filters`` bool ``[F]``
+    (the filters the methods that re-run the CNN are run on)."""
+
+    cache: FeatureCache
+    image_ids: np.ndarray
+    annotations: Annotations
+    vocabulary: Vocabulary
+    explainer: torch.nn.Module
+    filters: np.ndarray
+    cnn_filters: np.ndarray
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The thresholds ``[F]``, per-image maxima ``[N, F]`` and top images ``[F, p]`` of the
+    evaluated filters, and the (filter, top image) pairs they give."""
+
+    thresholds: np.ndarray
+    image_max: np.ndarray
+    top_rows: np.ndarray
+    pairs: TopImagePairs
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What every method is scored with: ``weights`` (votes of each pair's image) and ``no_region``
+    (the pair's map never exceeds T_u) are ``[P]``; ``vectors`` the vocabulary on the device."""
+
+    inputs: Inputs
+    selection: Selection
+    truth: TruthTokens
+    vectors: torch.Tensor
+    s_values: list[int]
+    explain_words: int
+    weights: np.ndarray
+    no_region: np.ndarray
+
+
+def open_cache(directory: Path) -> FeatureCache:
+    """The feature cache (its format checked by ``open_feature_cache``), which must hold evaluation maps."""
+    cache = open_feature_cache(directory)
+    if cache.val_maps.shape[0] == 0:
+        raise ValueError("no evaluation images in the feature cache")
+    return cache
+
+
+def choose_filters(settings: Mapping[str, Any], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """`evaluate.filters` ``[F]``, and which of them `evaluate.image_masking_filters` also names."""
+    filters = resolve_filters(settings["filters"], n_channels, "evaluate.filters")
+    masking = resolve_filters(settings["image_masking_filters"], n_channels, "evaluate.image_masking_filters")
+    return filters, np.isin(filters, masking)
+
+
+def load_annotations(directory: Path, image_ids: np.ndarray) -> Annotations:
+    """images, categories and objects tables; every evaluation image must be in the images table."""
+    images = pq.read_table(directory / "images.parquet").to_pandas().set_index("image_id")
+    missing = np.setdiff1d(image_ids, images.index.to_numpy())
+    if len(missing):
+        raise ValueError(f"{len(missing)} evaluation image(s) absent from the annotations, e.g. {missing[:5].tolist()}")
+    categories = load_categories(pq.read_table(directory / "categories.parquet").to_pandas())
+    objects = pq.read_table(directory / "objects.parquet", columns=OBJECT_COLUMNS).to_pandas()
+    return Annotations(images, categories, objects)
+
+
+def load_checked_explainer(directory: Path, device: torch.device, n_channels: int, emb_dim: int) -> torch.nn.Module:
+    """The trained explainer, which must take the layer's channels and predict GloVe-sized vectors."""
+    explainer, config = load_explainer(directory, str(device))
+    if int(config["in_dim"]) != n_channels:
+        raise ValueError(f"explainer expects {config['in_dim']} channels, the maps have {n_channels}")
+    if int(config["emb_dim"]) != emb_dim:
+        raise ValueError(f"explainer emb_dim {config['emb_dim']} != GloVe dim {emb_dim}")
+    return explainer
+
+
+def load_inputs(paths: Paths, settings: Mapping[str, Any], device: torch.device) -> Inputs:
+    """Read and check everything the pass needs, failing before any work on a bad input."""
+    cache = open_cache(paths.features)
+    image_ids = cache.val_images["image_id"].to_numpy(np.int64)
+    n_channels = cache.val_maps.shape[1]
+    filters, cnn_filters = choose_filters(settings, n_channels)
+    annotations = load_annotations(paths.annotations, image_ids)
+    embeddings = WordEmbeddings.load(paths.glove)
+    vocabulary = load_vocabulary(embeddings, settings["vocabulary"], annotations.categories.tokens)
+    explainer = load_checked_explainer(paths.explainer, device, n_channels, vocabulary.vectors.shape[1])
+    return Inputs(cache, image_ids, annotations, vocabulary, explainer, filters, cnn_filters)
+
+
+def select_pairs(inputs: Inputs, settings: Mapping[str, Any]) -> Selection:
+    """T_u and the top-p images of every evaluated filter (one pass over the maps), and their pairs."""
+    maps = inputs.cache.val_maps
+    log.info("thresholds for %d filters over %d images", len(inputs.filters), maps.shape[0])
+    thresholds, image_max = filter_thresholds(maps, float(settings["quantile"]), inputs.filters)
+    top_rows = top_images(image_max, int(settings["p"]))
+    pairs = TopImagePairs(top_rows)
+    log.info("%d (filter, image) pairs", len(pairs))
+    return Selection(thresholds, image_max, top_rows, pairs)
+
+
+def cnn_inputs(
+    backbone: Mapping[str, Any],
+    geometry: tuple[int, int],
+    image_path: Callable[[int], Path],
+    cnn_filters: np.ndarray,
+    device: torch.device,
+) -> CnnInputs | None:
+    """The CNN up to the layer and the image loader, when a registered method needs them and some
+    evaluated filter is chosen for them; ``None`` otherwise (the CNN is then never built)."""
+    if not cnn_filters.any() or not any(method.needs_cnn for method in REGISTRY.values()):
+        return None
+    extractor = build_feature_extractor(
+        backbone["name"], str(backbone["weights"]), backbone["layer"], num_classes=backbone.get("num_classes")
+    ).to(device)
+    resize, crop = geometry
+
+    def load_image(row: int) -> torch.Tensor:
+        return preprocess(decode_image(image_path(row)), resize, crop)
+
+    return CnnInputs(extractor, cnn_filters, load_image)
+
+
+def explain_and_find_truth(
+    inputs: Inputs,
+    selection: Selection,
+    settings: Mapping[str, Any],
+    cnn: CnnInputs | None,
+    geometry: tuple[int, int],
+    device: torch.device,
+) -> tuple[dict[str, MethodOutputs], GroundTruthConsumer]:
+    """The one pass over the maps: explainer outputs of every method, ground truth, NetDissect's sums."""
+    maps, annotations = inputs.cache.val_maps, inputs.annotations
+    masks = ObjectMasks(
+        annotations.objects, annotations.images, inputs.image_ids, annotations.categories.index, *geometry
+    )
+    explaining = ExplainingConsumer(
+        inputs.explainer,
+        selection.pairs,
+        inputs.filters,
+        selection.thresholds,
+        maps.shape,
+        batch_size=int(settings["batch_size"]),
+        device=device,
+        cnn=cnn,
+    )
+    ground_truth = GroundTruthConsumer(
+        selection.pairs,
+        inputs.filters,
+        selection.thresholds,
+        selection.image_max,
+        masks,
+        n_channels=maps.shape[1],
+        n_categories=len(annotations.categories.names),
+        iou_threshold=float(settings["iou_threshold"]),
+        crop=geometry[1],
+        device=device,
+    )
+    stream_maps(maps, [explaining, ground_truth], device)
+    return explaining.outputs, ground_truth
+
+
+def score_method(outputs: MethodOutputs, scoring: Scoring, rows: ResultRows) -> dict[str, Any]:
+    """One method: the words of its pairs, recall@s, its explanation per filter; returns its metrics entry."""
+    inputs, pairs, method = scoring.inputs, scoring.selection.pairs, outputs.method
+    ids = method_words(outputs, pairs, scoring.vectors, max(scoring.s_values), scoring.no_region)
+    log.info("words for %s: %d pairs", method.name, len(outputs.pairs))
+    positions = np.flatnonzero(inputs.cnn_filters) if method.needs_cnn else np.arange(len(inputs.filters))
+    pair_filter = pairs.filter_pos[outputs.pairs]
+    tokens = inputs.vocabulary.token_of_word[ids]
+    entry, per_s = word_recall_metrics(
+        tokens, scoring.truth[outputs.pairs], pair_filter, len(positions), scoring.s_values
+    )
+    if method.needs_cnn:
+        entry["filters"] = filters_label(inputs.filters, inputs.cnn_filters, inputs.cache.val_maps.shape[1])
+    explanations = filter_explanations(
+        ids[:, : scoring.explain_words], scoring.weights[outputs.pairs], pairs, outputs.pairs, len(inputs.filters)
+    )
+    entry["n_distinct_concepts"] = len({words[0] for words, _ in explanations.values() if words})
+    rows.add_scores(method.name, positions, per_s, pair_filter)
+    rows.add_explanations(method.name, positions, explanations)
+    return entry
+
+
+def score(
+    inputs: Inputs,
+    selection: Selection,
+    outputs: dict[str, MethodOutputs],
+    ground_truth: GroundTruthConsumer,
+    settings: Mapping[str, Any],
+    device: torch.device,
+) -> tuple[dict[str, Any], ResultRows, NetDissectResult]:
+    """Every method in registry order, then NetDissect: the metrics and the rows of both tables."""
+    pairs, categories = selection.pairs, inputs.annotations.categories
+    max_activation = selection.image_max[pairs.row, pairs.filter_pos]
+    scoring = Scoring(
+        inputs=inputs,
+        selection=selection,
+        truth=truth_tokens(ground_truth.truth, categories),
+        vectors=inputs.vocabulary.vectors.to(device),
+        s_values=s_values(settings),
+        explain_words=min(int(s) for s in settings["top_s"]),
+        weights=image_weights(max_activation, settings["word_weighting"]),
+        no_region=max_activation <= selection.thresholds[pairs.filter_pos],
+    )
+    rows = ResultRows(inputs.filters, selection.thresholds, pairs.filter_pos, inputs.vocabulary.words)
+    metrics = {name: score_method(out, scoring, rows) for name, out in outputs.items()}
+    netdissect = netdissect_metrics(
+        ground_truth.folds,
+        pairs.row,
+        pairs.filter_pos,
+        len(inputs.filters),
+        categories,
+        scoring.truth,
+        scoring.s_values,
+    )
+    metrics[NETDISSECT] = netdissect.entry
+    rows.add_scores(NETDISSECT, np.arange(len(inputs.filters)), netdissect.per_s, pairs.filter_pos)
+    return metrics, rows, netdissect
+
+
+def s_values(settings: Mapping[str, Any]) -> list[int]:
+    """The s of recall@s: `evaluate.top_s` and 1 (to compare with NetDissect's one label)."""
+    return sorted({1, *(int(s) for s in settings["top_s"])})
+
+
+def write_outputs(
+    paths: Paths,
+    inputs: Inputs,
+    selection: Selection,
+    results: tuple[dict[str, Any], ResultRows, NetDissectResult],
+    settings: Mapping[str, Any],
+    geometry: tuple[int, int],
+) -> None:
+    """explanations.{parquet,csv}, filters.parquet, the metrics and one heatmap per requested filter."""
+    metrics, rows, netdissect = results
+    image_ids, names = inputs.image_ids, inputs.annotations.categories.names
+    top_image_ids = [image_ids[top[top >= 0]].tolist() for top in selection.top_rows]
+    labels = [names[label] if label >= 0 else None for label in netdissect.labels]
+    write_tables(paths.results, rows, top_image_ids, labels, netdissect.label_iou, s_values(settings))
+    write_json(paths.metrics, metrics)
+    write_heatmaps(
+        paths.results / "heatmaps",
+        settings["heatmap_filters"],
+        inputs.filters,
+        selection.thresholds,
+        selection.top_rows,
+        inputs.cache.val_maps,
+        image_ids,
+        lambda row: image_file(paths, inputs, row),
+        rows.words_by_filter(),
+        geometry,
+    )
+
+
+def image_file(paths: Paths, inputs: Inputs, row: int) -> Path:
+    """The image file of map row ``row``."""
+    return paths.raw / str(inputs.annotations.images.loc[int(inputs.image_ids[row]), "path"])
+
+
+def run_evaluate(
+    paths: Paths, backbone: Mapping[str, Any], transform: Mapping[str, Any], settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The stage with the `evaluate` params section ``settings``; ``backbone["weights"]`` must be
+    resolved already (it is only used to re-run the CNN). Returns the metrics."""
+    device = resolve_device(settings["device"], "evaluate.device")
+    geometry = (int(transform["resize"]), int(transform["crop"]))
+    inputs = load_inputs(paths, settings, device)
+    selection = select_pairs(inputs, settings)
+    cnn = cnn_inputs(backbone, geometry, lambda row: image_file(paths, inputs, row), inputs.cnn_filters, device)
+    outputs, ground_truth = explain_and_find_truth(inputs, selection, settings, cnn, geometry, device)
+    results = score(inputs, selection, outputs, ground_truth, settings, device)
+    write_outputs(paths, inputs, selection, results, settings, geometry)
+    metrics, steps = results[0], s_values(settings)
+    log.info("recall@%s per method: %s", steps, {m: [metrics[m].get(f"recall@{s}") for s in steps] for m in metrics})
+    return metrics
 
 
 def main() -> None:
     args, params = start_stage(
         __doc__,
+        checks=(validate_backbone,),
         features="data/features",
         annotations="data/annotations",
         explainer="models/explainer",
@@ -19,20 +365,19 @@ def main() -> None:
         metrics="metrics/recall.json",
         results="results",
     )
-    backbone = {**params["backbone"], "weights": resolve_weights(params["backbone"]["weights"], args.target_model)}
-    evaluate_explanations(
-        args.features,
-        args.annotations,
-        args.explainer,
-        args.glove,
-        args.raw / params["dataset"],
-        args.metrics,
-        args.results,
-        backbone=backbone,
-        transform=params["transform"],
-        evaluate=params["evaluate"],
+    backbone = params["backbone"]
+    weights = resolve_weights(backbone["weights"], args.target_model, "backbone.weights")
+    paths = Paths(
+        features=args.features,
+        annotations=args.annotations,
+        explainer=args.explainer,
+        glove=args.glove,
+        raw=args.raw / params["dataset"],
+        metrics=args.metrics,
+        results=args.results,
     )
+    run_evaluate(paths, {**backbone, "weights": weights}, params["transform"], params["evaluate"])
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,1 +1,1 @@
-"""Per-filter explanation methods (a registry), the explaining pass, nearest words, heatmap sheets."""
+"""Explaining filters (no annotations needed): the method registry, the pass over the maps, words, tables, heatmaps."""

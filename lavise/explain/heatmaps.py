@@ -1,19 +1,26 @@
 """Heatmap sheets: a filter's top images with its upsampled activation overlaid, and its words.
 
-PIL and NumPy only (no matplotlib), so the stage has no plotting dependency; the PNGs are DVC
-image plots that ``dvc plots show`` renders side by side.
+Drawn with PIL and NumPy (no matplotlib), so the stage has no plotting dependency; the PNGs are
+DVC image plots that ``dvc plots show`` renders side by side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from lavise.data.images import UndecodableImageError, decode_image
+from lavise.data.transforms import transform_geometry
 from lavise.io import atomic_path
+from lavise.metrics.overlap import upsample_maps
+
+log = logging.getLogger(__name__)
 
 # Piecewise-linear "jet" control points: value -> RGB (blue, cyan, yellow, red).
 _JET_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
@@ -89,3 +96,78 @@ def write_sheet(path: Path, tiles: Sequence[HeatmapTile], header: Sequence[str])
     sheet = render_sheet(tiles, header)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
+
+
+def _tiles(
+    filter_maps: np.ndarray,
+    threshold: float,
+    image_paths: Sequence[Path],
+    captions: Sequence[str],
+    resize: int,
+    crop: int,
+) -> list[HeatmapTile]:
+    """Tiles of one filter's top images: maps ``[k, h, w]`` upsampled, scaled by their joint maximum.
+
+    An unreadable image is drawn grey (with a warning), so one bad file does not lose the sheet.
+    """
+    upsampled = upsample_maps(torch.from_numpy(filter_maps), crop).numpy()
+    scale = max(float(upsampled.max()), 1e-12)
+    tiles = []
+    for k, (path, caption) in enumerate(zip(image_paths, captions)):
+        try:
+            image = transform_geometry(decode_image(path), resize, crop)
+        except (OSError, ValueError, UndecodableImageError) as error:
+            log.warning("heatmap %s: %s unreadable (%s), drawn grey", caption, path, error)
+            image = torch.full((3, crop, crop), 128, dtype=torch.uint8)
+        tiles.append(
+            HeatmapTile(
+                image=image.permute(1, 2, 0).numpy(),
+                heat=np.clip(upsampled[k] / scale, 0, 1),
+                region=upsampled[k] > threshold,
+                caption=caption,
+            )
+        )
+    return tiles
+
+
+def write_heatmaps(
+    out_dir: Path,
+    heatmap_filters: Sequence[int],
+    filters: np.ndarray,
+    thresholds: np.ndarray,
+    top_rows: np.ndarray,
+    maps: np.ndarray,
+    image_ids: np.ndarray,
+    image_path: Callable[[int], Path],
+    words: dict[int, dict[str, list[str]]],
+    geometry: tuple[int, int],
+) -> None:
+    """One PNG per requested (and evaluated) filter: its top images with the overlay and its words.
+
+    ``top_rows`` ``[F, p]`` (``-1`` padded) and ``maps`` ``[N, d, h, w]``; ``image_path(row)`` is the
+    file of map row ``row``; ``words[filter][method]`` the explanation words (header lines in that
+    order); ``geometry`` is ``(resize, crop)``. Stale sheets of other filters are removed.
+    """
+    position = {int(f): i for i, f in enumerate(filters)}
+    skipped = [f for f in heatmap_filters if int(f) not in position]
+    if skipped:
+        log.warning("heatmap filter(s) %s are not among the evaluated filters: no heatmap", skipped)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("filter_*.png"):
+        stale.unlink()
+    for filter_index in (int(f) for f in heatmap_filters if int(f) in position):
+        pos = position[filter_index]
+        rows = top_rows[pos][top_rows[pos] >= 0]
+        if len(rows) == 0:
+            log.warning("filter %d has no image with a positive activation: no heatmap", filter_index)
+            continue
+        header = [f"filter {filter_index}  T={thresholds[pos]:.3f}  ({len(rows)} top images)"]
+        header += [f"{method}: {' '.join(found)}" for method, found in words.get(filter_index, {}).items()]
+        tiles = _tiles(
+            np.asarray(maps[rows, filter_index], dtype=np.float32),
+            thresholds[pos],
+            [image_path(int(row)) for row in rows],
+            [f"image {image_ids[row]}" for row in rows],
+            *geometry,
+        )
+        write_sheet(out_dir / f"filter_{filter_index:04d}.png", tiles, header)

@@ -1,1 +1,1 @@
-"""Scoring against ground truth: overlaps, recall@s, NetDissect, average precision."""
+"""Scoring against ground truth: overlaps and IoU, each pair's ground truth, recall@s, NetDissect, average precision."""

@@ -1,5 +1,6 @@
 """evaluate end to end on a small synthetic cache with a planted explainer, checked against a direct
-computation from the definitions (../shared/LAVISE.md §3-4), plus word weighting and vocabularies.
+computation from the definitions (docs/PROTOCOL.md), plus the explaining pass without annotations
+and a method added to the registry.
 
 The planted explainer returns channels 0..E-1 of its input plus a tiny increasing bias. Those
 channels are constant maps holding a one-hot code of one ground-truth word of the image, and
@@ -11,6 +12,7 @@ then the other vocabulary words from last to first (the bias order).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,11 +22,15 @@ import pytest
 import torch
 from PIL import Image
 
-import lavise.explain.evaluation as evaluation
-from lavise.data.embeddings import WordEmbeddings
+import lavise.explain.stream
+import stages.evaluate
 from lavise.data.masks import image_object_masks
 from lavise.data.transforms import masks_to_crop
-from lavise.explain.evaluation import evaluate_explanations, filter_explanation, image_weights, load_vocabulary
+from lavise.explain.methods import REGISTRY
+from stages.evaluate import Paths, run_evaluate
+from tests.writers.annotations import boxes_object, category_row, image_row, write_annotation_tables
+from tests.writers.cache import write_feature_cache
+from tests.writers.glove import write_glove_store
 
 N_IMAGES, CHANNELS, GRID, EMB = 10, 512, 7, 16
 CROP, RESIZE = 224, 256
@@ -68,6 +74,10 @@ EVALUATE = {
     "batch_size": 7,
     "device": "cpu",
 }
+BACKBONE = {"name": "resnet18", "weights": "none", "layer": "layer4", "num_classes": None}
+TRANSFORM = {"resize": RESIZE, "crop": CROP}
+METHODS = tuple(REGISTRY)  # the registered methods, in their order
+MAP_METHODS = tuple(name for name, method in REGISTRY.items() if not method.needs_cnn)
 
 
 class PlantedExplainer(torch.nn.Module):
@@ -75,95 +85,72 @@ class PlantedExplainer(torch.nn.Module):
         return x[:, :EMB] + torch.as_tensor(BIAS, dtype=x.dtype)
 
 
+def _paths(root: Path, out: Path, features: Path | None = None) -> Paths:
+    return Paths(
+        features=root / "features" if features is None else features,
+        annotations=root / "annotations",
+        explainer=root / "explainer",
+        glove=root / "glove",
+        raw=root / "raw" / "vg",
+        metrics=out / "metrics" / "recall.json",
+        results=out / "results",
+    )
+
+
+def _run(root: Path, out: Path, settings: dict | None = None, features: Path | None = None) -> dict:
+    """The stage on the fixture with the planted explainer and chunks of three images."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(
+        stages.evaluate,
+        "load_explainer",
+        lambda d, device: (PlantedExplainer().eval(), {"in_dim": CHANNELS, "emb_dim": EMB}),
+    )
+    patch.setattr(lavise.explain.stream, "IMAGE_CHUNK_BYTES", 3 * CHANNELS * GRID * GRID * 4)
+    try:
+        return run_evaluate(_paths(root, out, features), BACKBONE, TRANSFORM, settings or EVALUATE)
+    finally:
+        patch.undo()
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("evaluate")
     rng = np.random.default_rng(0)
-    glove = root / "glove"
-    glove.mkdir()
-    np.save(glove / "vectors.npy", np.eye(EMB, dtype=np.float32))
-    pq.write_table(pa.table({"word": WORDS}), glove / "vocab.parquet")
-    annotations = root / "annotations"
-    annotations.mkdir()
-    pq.write_table(
-        pa.table(
-            {
-                "category": [c[0] for c in CATEGORIES],
-                "synset": [None] * len(CATEGORIES),
-                "tokens": [c[1] for c in CATEGORIES],
-                "n_train_images": [50] * len(CATEGORIES),
-                "n_train_instances": [60] * len(CATEGORIES),
-                "role": [c[2] for c in CATEGORIES],
-                "drop_reason": [None] * len(CATEGORIES),
-            }
-        ),
-        annotations / "categories.parquet",
-    )
+    write_glove_store(root / "glove", WORDS, np.eye(EMB, dtype=np.float32))
     images, objects, planted = [], [], []
     raw_images = root / "raw" / "vg" / "images"
     raw_images.mkdir(parents=True)
     for i in range(N_IMAGES):
         image_id = 100 + i
         height, width = int(rng.integers(240, 320)), int(rng.integers(240, 320))
-        images.append(
-            {
-                "image_id": image_id,
-                "path": f"images/{image_id}.png",
-                "width": width,
-                "height": height,
-                "split": "val",
-                "status": "ok",
-            }
-        )
+        images.append(image_row(image_id, width=width, height=height, split="val", path=f"images/{image_id}.png"))
         Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(raw_images / f"{image_id}.png")
         chosen = rng.choice(len(CATEGORIES), size=3, replace=False)
         for c in chosen:
             w, h = rng.uniform(60, 200), rng.uniform(60, 200)
             x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
-            objects.append(
-                {
-                    "object_id": len(objects),
-                    "image_id": image_id,
-                    "category": CATEGORIES[c][0],
-                    "kind": "boxes",
-                    "rle": None,
-                    "boxes": [x, y, w, h],
-                    "area": w * h,
-                    "n_instances": 1,
-                    "source_ids": [len(objects)],
-                }
-            )
+            objects.append(boxes_object(len(objects), image_id, CATEGORIES[c][0], [x, y, w, h], area=w * h))
         planted.append(WORDS.index(CATEGORIES[chosen[0]][1][0]))
-    pq.write_table(pa.Table.from_pylist(images), annotations / "images.parquet")
-    objects_table = pa.Table.from_pylist(objects).cast(
-        pa.schema(
-            [
-                ("object_id", pa.int64()),
-                ("image_id", pa.int64()),
-                ("category", pa.string()),
-                ("kind", pa.string()),
-                ("rle", pa.string()),
-                ("boxes", pa.list_(pa.float32())),
-                ("area", pa.float64()),
-                ("n_instances", pa.int32()),
-                ("source_ids", pa.list_(pa.int64())),
-            ]
-        )
-    )
-    pq.write_table(objects_table, annotations / "objects.parquet")
+    categories = [
+        category_row(name, tokens, role=role, n_train_images=50, n_train_instances=60)
+        for name, tokens, role in CATEGORIES
+    ]
+    write_annotation_tables(root / "annotations", images=images, objects=objects, categories=categories)
     maps = np.maximum(rng.normal(-0.5, 1.0, size=(N_IMAGES, CHANNELS, GRID, GRID)), 0)
     maps[:, :EMB] = 0.0
     maps[np.arange(N_IMAGES), planted] = 1.0
     maps[3, 20] = 0.0  # filter 20 never fires on image 3
-    features = root / "features"
-    features.mkdir()
-    np.save(features / "val_maps.npy", maps.astype(np.float16))
-    pq.write_table(
-        pa.table({"row": np.arange(N_IMAGES), "image_id": np.arange(100, 100 + N_IMAGES)}),
-        features / "val_images.parquet",
+    write_feature_cache(
+        root / "features",
+        val_maps=maps.astype(np.float16),
+        val_images={"row": np.arange(N_IMAGES), "image_id": np.arange(100, 100 + N_IMAGES)},
     )
-    (features / "meta.json").write_text(json.dumps({"channels": CHANNELS, "height": GRID, "width": GRID}))
-    return {"root": root, "planted": planted, "objects": objects_table.to_pandas(), "images": pd.DataFrame(images)}
+    return {
+        "root": root,
+        "planted": planted,
+        "objects": pq.read_table(root / "annotations" / "objects.parquet").to_pandas(),
+        "images": pd.DataFrame(images),
+    }
 
 
 def _bilinear(small: np.ndarray, size: int) -> np.ndarray:
@@ -213,7 +200,7 @@ def _direct(cache: dict, filters: list[int]) -> dict:
     maps = np.load(cache["root"] / "features" / "val_maps.npy").astype(np.float64)
     tokens_of = {c[0]: set(c[1]) for c in CATEGORIES}
     masks = _crop_masks(cache)
-    results: dict = {m: {"all": {}, "seen": {}, "unseen": {}} for m in evaluation.METHODS[:1] + evaluation.METHODS[2:]}
+    results: dict = {m: {"all": {}, "seen": {}, "unseen": {}} for m in MAP_METHODS}
     results["netdissect"] = {"all": {}, "seen": {}, "unseen": {}}
     results["netdissect_in_sample"] = {"all": {}}
     results["labels"] = {}
@@ -263,31 +250,8 @@ def _direct(cache: dict, filters: list[int]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def evaluated(cache, tmp_path_factory) -> dict:
-    root = cache["root"]
-    patch = pytest.MonkeyPatch()
-    patch.setattr(
-        evaluation,
-        "load_explainer",
-        lambda d, device: (PlantedExplainer().eval(), {"in_dim": CHANNELS, "emb_dim": EMB}),
-    )
-    patch.setattr(evaluation, "IMAGE_CHUNK_BYTES", 3 * CHANNELS * GRID * GRID * 4)
-    try:
-        metrics = evaluate_explanations(
-            root / "features",
-            root / "annotations",
-            root / "explainer",
-            root / "glove",
-            root / "raw" / "vg",
-            root / "metrics" / "recall.json",
-            root / "results",
-            backbone={"name": "resnet18", "weights": "none", "layer": "layer4", "num_classes": None},
-            transform={"resize": RESIZE, "crop": CROP},
-            evaluate=EVALUATE,
-        )
-    finally:
-        patch.undo()
-    return metrics
+def evaluated(cache) -> dict:
+    return _run(cache["root"], cache["root"])
 
 
 def test_recall_matches_direct_computation(cache, evaluated) -> None:
@@ -314,7 +278,7 @@ def test_image_masking_matches_direct_computation(cache, evaluated) -> None:
     (seeded, random) ResNet-18 to layer4, pool, explain, rank the words: recall from that."""
     from lavise.data.images import decode_image
     from lavise.data.transforms import preprocess
-    from lavise.models.backbones import build_feature_extractor
+    from lavise.models.extractor import build_feature_extractor
 
     (u,) = EVALUATE["image_masking_filters"]
     maps = np.load(cache["root"] / "features" / "val_maps.npy").astype(np.float32)
@@ -348,7 +312,7 @@ def test_metrics_file_and_tables(cache, evaluated) -> None:
     root = cache["root"]
     on_disk = json.loads((root / "metrics" / "recall.json").read_text())
     assert on_disk == json.loads(json.dumps(evaluated))
-    assert set(on_disk) == {*evaluation.METHODS, "netdissect"}
+    assert set(on_disk) == {*METHODS, "netdissect"}
     assert on_disk["image_masking"]["n_filters"] == 1 and on_disk["image_masking"]["filters"] == "16"
     assert on_disk["projection"]["n_filters"] == len(EVALUATE["filters"])
     masking = on_disk["image_masking"]["recall@5"]
@@ -359,39 +323,14 @@ def test_metrics_file_and_tables(cache, evaluated) -> None:
     assert 1 <= len(row["top_image_ids"]) <= EVALUATE["p"]
     assert row["words"][0] in WORDS and row["threshold"] > 0
     assert pd.read_csv(root / "results" / "explanations.csv").shape[0] == len(explanations)
-    for method in evaluation.METHODS:
+    for method in METHODS:
         first_words = {words[0] for words in explanations[explanations["method"] == method]["words"] if len(words)}
         assert on_disk[method]["n_distinct_concepts"] == len(first_words), method
     filters = pq.read_table(root / "results" / "filters.parquet").to_pandas()
-    assert set(filters["method"]) == {*evaluation.METHODS, "netdissect"}
+    assert set(filters["method"]) == {*METHODS, "netdissect"}
     assert sorted(p.name for p in (root / "results" / "heatmaps").glob("*.png")) == ["filter_0016.png"]
     with Image.open(root / "results" / "heatmaps" / "filter_0016.png") as sheet:
         assert sheet.width == 5 * CROP  # 5 columns
-
-
-def test_word_weighting_activation_and_count() -> None:
-    words = np.array([[3, 1], [1, 2], [2, 3]])
-    # activation weights: int(2.7)=2, int(0.4)=0 -> at least 1, int(5.0)=5
-    weights = image_weights(np.array([2.7, 0.4, 5.0]), "activation")
-    assert weights.tolist() == [2, 1, 5]
-    assert filter_explanation(words, weights, 10) == ([3, 2, 1], [7, 6, 3])
-    counts = image_weights(np.array([2.7, 0.4, 5.0]), "count")
-    assert filter_explanation(words, counts, 2) == ([3, 1], [2, 2])  # tie: 3 was seen first
-    with pytest.raises(ValueError, match="word_weighting"):
-        image_weights(np.ones(2), "softmax")
-
-
-def test_vocabulary_word_list(cache, tmp_path) -> None:
-    embeddings = WordEmbeddings.load(cache["root"] / "glove")
-    listed = tmp_path / "words.txt"
-    listed.write_text("dog\nsky\n\nbeta\ndog\n")
-    vocabulary = load_vocabulary(embeddings, str(listed), ["red", "car", "dog", "sky"])
-    assert vocabulary.words.tolist() == ["dog", "sky", "beta"]
-    assert vocabulary.token_of_word.tolist() == [2, 3, -1]
-    assert torch.equal(vocabulary.vectors[1], torch.eye(EMB)[WORDS.index("sky")])
-    listed.write_text("dog\nunicorn\n")
-    with pytest.raises(ValueError, match="unicorn"):
-        load_vocabulary(embeddings, str(listed), ["dog"])
 
 
 def test_inconsistent_inputs_fail_clearly(cache, tmp_path) -> None:
@@ -400,67 +339,110 @@ def test_inconsistent_inputs_fail_clearly(cache, tmp_path) -> None:
     root = cache["root"]
     features = tmp_path / "features"
     shutil.copytree(root / "features", features)
-    arguments = (
-        features,
-        root / "annotations",
-        root / "explainer",
-        root / "glove",
-        root / "raw" / "vg",
-        tmp_path / "recall.json",
-        tmp_path / "results",
-    )
-    options = {
-        "backbone": {},
-        "transform": {"resize": RESIZE, "crop": CROP},
-        "evaluate": {**EVALUATE, "filters": [600]},
-    }
-    with pytest.raises(ValueError, match=r"filter\(s\) \[600\] outside"):
-        evaluate_explanations(*arguments, **options)
-    (features / "meta.json").write_text(json.dumps({"channels": CHANNELS, "height": 14, "width": 14}))
+    paths = _paths(root, tmp_path, features)
+    with pytest.raises(ValueError, match=r"evaluate.filters: filter\(s\) \[600\] outside"):
+        run_evaluate(paths, {}, TRANSFORM, {**EVALUATE, "filters": [600]})
+    meta = (features / "meta.json").read_text()
+    (features / "meta.json").write_text(json.dumps({**json.loads(meta), "height": 14, "width": 14}))
     with pytest.raises(ValueError, match="meta.json declares"):
-        evaluate_explanations(*arguments, **{**options, "evaluate": EVALUATE})
-    (features / "meta.json").write_text(json.dumps({"channels": CHANNELS, "height": GRID, "width": GRID}))
+        run_evaluate(paths, {}, TRANSFORM, EVALUATE)
+    (features / "meta.json").write_text(meta)
     pq.write_table(
         pa.table({"row": np.arange(N_IMAGES), "image_id": np.arange(N_IMAGES) + 500}), features / "val_images.parquet"
     )
     with pytest.raises(ValueError, match="absent from the annotations"):
-        evaluate_explanations(*arguments, **{**options, "evaluate": EVALUATE})
-    assert not (tmp_path / "recall.json").exists()
+        run_evaluate(paths, {}, TRANSFORM, EVALUATE)
+    assert not (tmp_path / "metrics" / "recall.json").exists()
 
 
-def test_tokens_of_categories_matches_loop() -> None:
-    from lavise.explain.evaluation import tokens_of_categories
+def _pass_inputs(cache: dict) -> tuple:
+    """What the explaining pass takes for the fixture: maps, pairs, filters, thresholds, CNN inputs
+    (images loaded straight from their files: no annotation table involved)."""
+    from lavise.data.images import decode_image
+    from lavise.data.transforms import preprocess
+    from lavise.explain.explaining import CnnInputs
+    from lavise.features.cache import open_feature_cache
+    from lavise.features.thresholds import TopImagePairs, filter_thresholds, top_images
+    from lavise.models.extractor import build_feature_extractor
 
-    rng = np.random.default_rng(1)
-    incidence = rng.random((7, 9)) > 0.7
-    incidence[np.arange(7), rng.integers(0, 9, 7)] = True
-    truth = rng.random((11, 7)) > 0.6
-    expected = np.zeros((11, 9), dtype=bool)
-    for p in range(11):
-        for c in range(7):
-            if truth[p, c]:
-                expected[p] |= incidence[c]
-    assert np.array_equal(tokens_of_categories(truth, incidence), expected)
-
-
-def test_resolve_filters_forms() -> None:
-    from lavise.explain.evaluation import resolve_filters
-
-    assert resolve_filters("all", 4, "filters").tolist() == [0, 1, 2, 3]
-    assert resolve_filters({"every": 3}, 10, "filters").tolist() == [0, 3, 6, 9]
-    assert resolve_filters([5, 1], 8, "filters").tolist() == [1, 5]
-    with pytest.raises(ValueError, match=r"evaluate.filters: filter\(s\) \[9\] outside the layer's 0..7"):
-        resolve_filters([9], 8, "filters")
+    maps = open_feature_cache(cache["root"] / "features").val_maps
+    filters = np.asarray(EVALUATE["filters"], dtype=np.int64)
+    thresholds, image_max = filter_thresholds(maps, EVALUATE["quantile"], filters)
+    pairs = TopImagePairs(top_images(image_max, EVALUATE["p"]))
+    files = sorted((cache["root"] / "raw" / "vg" / "images").glob("*.png"))
+    cnn = CnnInputs(
+        build_feature_extractor("resnet18", "none", "layer4"),
+        np.isin(filters, EVALUATE["image_masking_filters"]),
+        lambda row: preprocess(decode_image(files[row]), RESIZE, CROP),
+    )
+    return maps, pairs, filters, thresholds, image_max, cnn
 
 
-def test_image_masking_filters_label_names_the_evaluated_filters() -> None:
-    from lavise.explain.evaluation import masking_filters_label
+def test_explaining_pass_needs_no_annotations(cache) -> None:
+    """The pass with only the explaining consumer (no masks, no categories) gives exactly the
+    explainer outputs of the full pass, which also feeds the ground-truth consumer."""
+    from lavise.explain.explaining import ExplainingConsumer, explain_pairs
+    from lavise.explain.stream import stream_maps
+    from lavise.metrics.ground_truth import GroundTruthConsumer
 
-    # filters 16..27 evaluated, image masking configured {every: 8}: only 16 and 24 are masked
-    filters = np.arange(16, 28)
-    masking = np.isin(filters, np.arange(0, CHANNELS, 8))
-    assert masking_filters_label(filters, masking, CHANNELS) == "16,24"
-    # image masking on every filter, but only a subset of the layer evaluated: not "all"
-    assert masking_filters_label(filters, np.ones(len(filters), dtype=bool), CHANNELS) == ",".join(map(str, filters))
-    assert masking_filters_label(np.arange(CHANNELS), np.ones(CHANNELS, dtype=bool), CHANNELS) == "all"
-    assert masking_filters_label(filters, np.zeros(len(filters), dtype=bool), CHANNELS) == ""
+    maps, pairs, filters, thresholds, image_max, cnn = _pass_inputs(cache)
+    device, chunk = torch.device("cpu"), 4 * CHANNELS * GRID * GRID * 4  # 4 images per chunk
+    alone = explain_pairs(
+        maps, PlantedExplainer(), pairs, filters, thresholds, batch_size=7, device=device, cnn=cnn, chunk_bytes=chunk
+    )
+    explaining = ExplainingConsumer(
+        PlantedExplainer(), pairs, filters, thresholds, maps.shape, batch_size=7, device=device, cnn=cnn
+    )
+    no_objects = (torch.zeros((0, CROP, CROP), dtype=torch.bool), np.zeros(0, dtype=np.int64))
+    truth = GroundTruthConsumer(
+        pairs,
+        filters,
+        thresholds,
+        image_max,
+        lambda row: no_objects,
+        n_channels=CHANNELS,
+        n_categories=len(CATEGORIES),
+        iou_threshold=EVALUATE["iou_threshold"],
+        crop=CROP,
+        device=device,
+    )
+    stream_maps(maps, [explaining, truth], device, chunk)
+    assert list(alone) == list(METHODS)
+    for name, out in alone.items():
+        full = explaining.outputs[name]
+        assert np.array_equal(out.pairs, full.pairs), name
+        torch.testing.assert_close(out.vectors, full.vectors, rtol=0, atol=0, equal_nan=True)
+        explained = out.vectors[out.pairs] if out.method.per_filter else out.vectors[np.unique(pairs.row)]
+        assert len(explained) and not torch.isnan(explained).any(), name
+    masked = alone["image_masking"].pairs
+    assert len(masked) and set(filters[pairs.filter_pos[masked]]) == {16}
+    assert not truth.truth.any()  # no object: empty ground truth, the explanations are unaffected
+    without_cnn = explain_pairs(maps, PlantedExplainer(), pairs, filters, thresholds, batch_size=7, device=device)
+    assert len(without_cnn["image_masking"].pairs) == 0
+    torch.testing.assert_close(without_cnn["projection"].vectors, alone["projection"].vectors, rtol=0, atol=0)
+
+
+def test_registered_method_appears_in_every_output(cache, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One new registry entry, nothing else touched: it is explained, scored and in both tables.
+    3 x projection ranks the words as projection does, so its recall is projection's."""
+    from lavise.explain.methods import Method, projection
+
+    tripled = Method("tripled_projection", lambda batch: 3 * projection(batch.maps, batch.filters))
+    monkeypatch.setitem(REGISTRY, tripled.name, tripled)
+    metrics = _run(cache["root"], tmp_path)
+    assert set(metrics) == {*METHODS, tripled.name, "netdissect"}
+    for key in ("recall@1", "recall@2", "recall@5", "n_pairs", "n_filters", "n_distinct_concepts"):
+        assert metrics[tripled.name][key] == metrics["projection"][key], key
+    assert metrics[tripled.name]["seen"] == metrics["projection"]["seen"]
+    explanations = pq.read_table(tmp_path / "results" / "explanations.parquet").to_pandas()
+    mine, theirs = (
+        explanations[explanations["method"] == m].reset_index(drop=True) for m in (tripled.name, "projection")
+    )
+    assert len(mine) == len(EVALUATE["filters"])
+    assert mine["words"].map(list).tolist() == theirs["words"].map(list).tolist()
+    filters = pq.read_table(tmp_path / "results" / "filters.parquet").to_pandas()
+    assert (filters["method"] == tripled.name).sum() == len(EVALUATE["filters"])
+    assert (
+        json.loads((tmp_path / "metrics" / "recall.json").read_text())[tripled.name]["recall@5"]
+        == metrics["projection"]["recall@5"]
+    )

@@ -1,4 +1,4 @@
-"""The per-filter feature vectors against naive loops over filters and positions."""
+"""The per-filter feature vectors against naive loops over filters and positions, and the registry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from lavise.explain.methods import activation_masking, feature_method, filter_attention, mask_images, pool, projection
+from lavise.explain.methods import (
+    REGISTRY,
+    Method,
+    PairBatch,
+    activation_masking,
+    filter_attention,
+    image_masking,
+    mask_images,
+    method_named,
+    projection,
+)
+from lavise.features.pooling import pool
 
 
 @pytest.fixture
@@ -66,10 +77,14 @@ def test_activation_masking_matches_loop(batch) -> None:
 def test_original_is_global_average_and_dispatch(batch) -> None:
     maps, filters, thresholds = batch
     assert np.allclose(pool(_tensor(maps)).numpy(), maps.mean(axis=(2, 3)))
-    same = feature_method("projection", _tensor(maps), torch.from_numpy(filters), _tensor(thresholds))
+    pairs = PairBatch(maps=_tensor(maps), filters=torch.from_numpy(filters), thresholds=_tensor(thresholds))
+    same = method_named("projection").features(pairs)
     assert torch.equal(same, projection(_tensor(maps), torch.from_numpy(filters)))
-    with pytest.raises(ValueError, match="unknown feature method"):
-        feature_method("gradcam", _tensor(maps), torch.from_numpy(filters), _tensor(thresholds))
+    assert torch.equal(method_named("original_image").features(PairBatch(maps=_tensor(maps))), pool(_tensor(maps)))
+    masked = activation_masking(_tensor(maps), torch.from_numpy(filters), _tensor(thresholds))
+    assert torch.equal(method_named("activation_masking").features(pairs), masked)
+    with pytest.raises(ValueError, match="unknown method"):
+        method_named("gradcam")
 
 
 def test_image_masking_zeroes_normalised_pixels_outside_region() -> None:
@@ -89,3 +104,35 @@ def test_image_masking_zeroes_normalised_pixels_outside_region() -> None:
     expected_keep = (upsampled > 0.5).float()
     assert torch.equal(masked[0, 0], expected_keep)
     assert torch.equal(masked[0, 0], masked[0, 2])
+
+
+def test_registry_entries_and_their_flags() -> None:
+    assert tuple(REGISTRY) == (
+        "original_image",
+        "image_masking",
+        "activation_masking",
+        "filter_attention",
+        "projection",
+    )
+    assert [name for name, m in REGISTRY.items() if not m.per_filter] == ["original_image"]
+    assert [name for name, m in REGISTRY.items() if m.needs_cnn] == ["image_masking"]
+    assert [name for name, m in REGISTRY.items() if m.constant_without_region] == ["activation_masking"]
+    with pytest.raises(ValueError, match="explained per filter"):
+        Method("bad", lambda batch: batch.maps, per_filter=False, needs_cnn=True)
+
+
+def test_image_masking_reruns_the_cnn_on_the_masked_image() -> None:
+    images = torch.ones(2, 3, 4, 4)
+    maps = torch.zeros(2, 3, 2, 2)
+    maps[0, 1] = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # pair 0: filter 1, the region of the test above
+    maps[1, 2] = 1.0  # pair 1: filter 2 fires everywhere, nothing masked
+    filters, thresholds = torch.tensor([1, 2]), torch.tensor([0.5, 0.5])
+
+    def cnn(x: torch.Tensor) -> torch.Tensor:
+        return x[:, :2] * 2  # "maps" [B, 2, 4, 4]: the masked input, doubled
+
+    out = image_masking(images, maps, filters, thresholds, cnn)
+    kept = 4 / 16  # 4 pixels of the 4x4 upsampled map exceed 0.5 (0.75, 1, 0.5625, 0.75: see above)
+    assert out.tolist() == [[2 * kept, 2 * kept], [2.0, 2.0]]
+    batch = PairBatch(maps=maps, filters=filters, thresholds=thresholds, images=images, cnn=cnn)
+    assert torch.equal(method_named("image_masking").features(batch), out)
