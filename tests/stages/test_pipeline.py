@@ -191,7 +191,7 @@ def test_demo_cache_thresholds_and_top_images_link_up(demo_repo: Path) -> None:
 
     from lavise.data.images import decode_image
     from lavise.data.transforms import preprocess
-    from lavise.models.backbones import build_feature_extractor
+    from lavise.models.extractor import build_feature_extractor
 
     params = yaml.safe_load((demo_repo / "params.yaml").read_text())
     maps = np.load(demo_repo / "data" / "features" / "val_maps.npy", mmap_mode="r")
