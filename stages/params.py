@@ -117,17 +117,15 @@ def top_s_list(key: str, value: Any) -> None:
 
 SCHEMA: dict[str, Any] = {
     "dataset": one_of(*options.DATASETS),
-    "data": {
+    "download": {
         "source": one_of(*options.SOURCES),
         "datasets": subset_of(*options.DATASETS),
         "glove_dim": one_of(*options.GLOVE_DIMS),
         "demo_seed": integer(0),
     },
-    "preprocess": {
+    "annotations": {
         "min_images": integer(1),
         "coco_crowd": one_of(*options.COCO_CROWD),
-    },
-    "split": {
         "val_fraction": number(0.0, 1.0, open_low=True, open_high=True),
         "seen_fraction": number(0.0, 1.0, open_low=True, open_high=True),
         "split_coco_categories": one_of(True, False),
@@ -211,13 +209,14 @@ def _validate_tree(schema: Mapping[str, Any], values: Any, prefix: str) -> None:
 def validate_params(params: Mapping[str, Any], root: Path = Path(".")) -> None:
     """Raise ParamsError for the first unknown key, missing key or bad value."""
     _validate_tree(SCHEMA, params, "")
-    if params["dataset"] not in params["data"]["datasets"]:
-        fail("dataset", params["dataset"], f"one of data.datasets {params['data']['datasets']}")
-    if params["data"]["source"] == "demo" and params["data"]["glove_dim"] != options.DEMO_GLOVE_DIM:
+    download = params["download"]
+    if params["dataset"] not in download["datasets"]:
+        fail("dataset", params["dataset"], f"one of download.datasets {download['datasets']}")
+    if download["source"] == "demo" and download["glove_dim"] != options.DEMO_GLOVE_DIM:
         fail(
-            "data.glove_dim",
-            params["data"]["glove_dim"],
-            f"{options.DEMO_GLOVE_DIM} with data.source: demo (the offline GloVe is {options.DEMO_GLOVE_DIM}d)",
+            "download.glove_dim",
+            download["glove_dim"],
+            f"{options.DEMO_GLOVE_DIM} with download.source: demo (the offline GloVe is {options.DEMO_GLOVE_DIM}d)",
         )
     if params["transform"]["crop"] > params["transform"]["resize"]:
         fail(

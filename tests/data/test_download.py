@@ -281,7 +281,7 @@ def test_offline_error_names_url_file_and_remedy(tmp_path: Path, url: str, monke
         )
     message = str(caught.value)
     assert url in message and str(dest.resolve()) in message
-    assert "data.source: demo" in message and "\n" not in message
+    assert "download.source: demo" in message and "\n" not in message
     assert "verified against its published checksum" in message
     assert not dest.exists() and not dest.with_name("train2017.zip.part").exists()
 
@@ -294,7 +294,7 @@ def test_offline_message_says_what_is_checked_without_checksum(tmp_path: Path) -
     assert "no checksum or size is published" in message
     assert "complete, readable zip archive will be checked" in message
     assert "verified" not in message
-    assert "data.source" not in message  # the library names no params key; the stage adds its remedy
+    assert "download.source" not in message  # the library names no params key; the stage adds its remedy
     with pytest.raises(OfflineError, match="its size \\(862182613 bytes\\) and that it is a complete"):
         fetch(url, tmp_path / "glove.6B.zip", size=862182613, verify_zip=True, **FAST)
     with pytest.raises(OfflineError, match="reused without verification"):

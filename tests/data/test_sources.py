@@ -94,7 +94,7 @@ def test_official_offline_fails_cleanly_and_keeps_old_raw(tmp_path: Path, monkey
             catalogue=unreachable,
             **FAST,
         )
-    assert "train2017.zip" in str(caught.value) and "data.source: demo" in str(caught.value)
+    assert "train2017.zip" in str(caught.value) and "download.source: demo" in str(caught.value)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]
     assert list((tmp_path / "data" / "downloads").iterdir()) == []
     raw.mkdir()
@@ -121,7 +121,7 @@ def test_official_offline_fails_cleanly_and_keeps_old_raw(tmp_path: Path, monkey
     [
         ({"source": "demo", "datasets": ["coco"], "glove_dim": 100}, "only in 50d"),
         ({"source": "official", "datasets": ["coco", "imagenet"], "glove_dim": 50}, "imagenet"),
-        ({"source": "mirror", "datasets": ["coco"], "glove_dim": 50}, "data.source"),
+        ({"source": "mirror", "datasets": ["coco"], "glove_dim": 50}, "download.source"),
         ({"source": "official", "datasets": ["vg"], "glove_dim": 64}, "glove_dim"),
     ],
 )
@@ -323,7 +323,7 @@ def test_stage_passes_params_and_turns_download_errors_into_exit(
         calls.append((raw, downloads, kwargs))
         raise DownloadError("host unreachable")
 
-    monkeypatch.setattr("stages.cli.load_params", lambda: {"data": data})
+    monkeypatch.setattr("stages.cli.load_params", lambda: {"download": data})
     monkeypatch.setattr(stage, "prepare_raw_data", failing)
     monkeypatch.setattr("sys.argv", ["download", "--raw", str(tmp_path / "r"), "--downloads", str(tmp_path / "d")])
     with pytest.raises(SystemExit, match="download failed: host unreachable"):
@@ -446,7 +446,7 @@ def test_stage_turns_wordnet_failure_into_exit(tmp_path: Path, monkeypatch: pyte
         )
         monkeypatch.setattr(
             "stages.cli.load_params",
-            lambda: {"data": {"source": "official", "datasets": ["coco"], "glove_dim": 50, "demo_seed": 0}},
+            lambda: {"download": {"source": "official", "datasets": ["coco"], "glove_dim": 50, "demo_seed": 0}},
         )
         monkeypatch.setattr("sys.argv", ["download", "--raw", str(tmp_path / "r"), "--downloads", str(tmp_path / "d")])
         with pytest.raises(SystemExit, match="download failed: could not install WordNet 3.0"):

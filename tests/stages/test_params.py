@@ -27,14 +27,18 @@ def defaults() -> dict:
 
 def test_committed_params_are_valid() -> None:
     params = load_params(ROOT / "params.yaml")
-    assert params["data"]["source"] == "demo"
+    assert params["download"]["source"] == "demo"
 
 
 @pytest.mark.parametrize(
     ("path", "value", "fragment"),
     [
-        (("split", "val_fraction"), 1.5, "`split.val_fraction` = 1.5 is invalid; allowed: a number in (0.0, 1.0)"),
-        (("split", "seen_fraction"), 0.0, "`split.seen_fraction`"),
+        (
+            ("annotations", "val_fraction"),
+            1.5,
+            "`annotations.val_fraction` = 1.5 is invalid; allowed: a number in (0.0, 1.0)",
+        ),
+        (("annotations", "seen_fraction"), 0.0, "`annotations.seen_fraction`"),
         (("dataset",), "imagenet", "allowed: coco | vg"),
         (("backbone", "name"), "resnet19", "`backbone.name` = 'resnet19'"),
         (("backbone", "layer"), "layer9", "top level: conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4"),
@@ -50,8 +54,8 @@ def test_committed_params_are_valid() -> None:
         (("evaluate", "filters"), {"every": 0}, "`{every: k}` with an integer k >= 1"),
         (("evaluate", "image_masking_filters"), {"each": 2}, "`evaluate.image_masking_filters`"),
         (("evaluate", "vocabulary"), "no/such/words.txt", "`evaluate.vocabulary`"),
-        (("data", "glove_dim"), 300, "50 with data.source: demo"),
-        (("data", "datasets"), ["coco"], "`dataset` = 'vg' is invalid; allowed: one of data.datasets ['coco']"),
+        (("download", "glove_dim"), 300, "50 with download.source: demo"),
+        (("download", "datasets"), ["coco"], "`dataset` = 'vg' is invalid; allowed: one of download.datasets ['coco']"),
         (("transform", "crop"), 300, "at most transform.resize (256)"),
     ],
 )

@@ -108,14 +108,14 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
         (("evaluate", "p"), 10, {"evaluate"}),
         (("train", "margin"), 0.5, {"train"}),
         (("backbone", "layer"), "layer3", {"features", "evaluate"}),
-        (("split", "seed"), 7, {"annotations"}),
-        (("preprocess", "min_images"), 30, {"annotations"}),
+        (("annotations", "seed"), 7, {"annotations"}),
+        (("annotations", "min_images"), 30, {"annotations"}),
         (("features", "batch_size"), 8, {"features"}),
         (("features", "decode"), "device", {"features"}),
         (("features", "num_workers"), 0, {"features"}),
         (("target", "num_workers"), 0, {"target"}),
         (("target", "lr"), 0.01, {"target"}),
-        (("data", "demo_seed"), 3, {"download"}),
+        (("download", "demo_seed"), 3, {"download"}),
     ],
 )
 def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:
@@ -157,7 +157,7 @@ def test_code_edit_invalidates_exactly_its_importers(demo_repo: Path, module: st
             "evaluate",
             ["metrics/recall.json", "results/heatmaps", "results/explanations.parquet"],
         ),
-        (("data", "source"), "xyz", "download", ["data/raw"]),
+        (("download", "source"), "xyz", "download", ["data/raw"]),
     ],
 )
 def test_rejected_params_leave_every_output(demo_repo: Path, key: tuple, value: object, stage: str, kept: list) -> None:
