@@ -8,12 +8,14 @@ renamed into place (``os.replace`` is atomic on POSIX within one filesystem).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,3 +109,34 @@ def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
 def json_float(value: float | None, decimals: int = 6) -> float | None:
     """``value`` rounded for a metrics file; ``None`` (JSON null) for a missing, NaN or infinite value."""
     return None if value is None or not math.isfinite(value) else round(float(value), decimals)
+
+
+class OutputLockedError(RuntimeError):
+    """Another live process is writing the same output."""
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike[str], owner: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` (an output file or directory) while a stage writes it.
+
+    The lock is ``flock`` on a hidden sibling ``.<name>.lock``: the kernel releases it when the
+    process ends however it ends (kill -9 included), so a stale lock cannot block a later run. The
+    file records who holds it (``owner``, pid, start time) so a second run can say so.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.with_name(f".{target.name}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            raise OutputLockedError(
+                f"{target} is being written by {holder}; wait for it to finish or stop it, then run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{owner} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        yield lock_path
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock

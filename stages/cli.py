@@ -4,6 +4,7 @@ validated params, and one line instead of a traceback for what the user can fix.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -12,19 +13,25 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lavise.io import OutputLockedError, output_lock
 from stages.params import ParamsError, load_params
 
 Check = Callable[[Mapping[str, Any], Path], None]
 
 
+_HELD_LOCKS = contextlib.ExitStack()  # output locks, held until the process ends
+
+
 def start_stage(
-    description: str | None, *, checks: Sequence[Check] = (), **default_paths: str
+    description: str | None, *, checks: Sequence[Check] = (), outputs: Sequence[str] = (), **default_paths: str
 ) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Parse ``--<name> PATH`` options (defaults = the paths in dvc.yaml; ``target_model`` becomes
     ``--target-model``), configure logging, and load the validated params.yaml.
 
     An invalid params.yaml ends the stage with its one-line message (exit status 2), not a
-    traceback: the message already names the key and the allowed values.
+    traceback: the message already names the key and the allowed values. ``outputs`` names the
+    path options the stage writes: each is locked (:func:`lavise.io.output_lock`) so that a second
+    direct run of the same stage stops at once, saying who holds the output.
     """
     parser = argparse.ArgumentParser(description=description)
     for name, default in default_paths.items():
@@ -38,6 +45,9 @@ def start_stage(
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    owner = f"the {Path(sys.argv[0]).stem} stage"
+    for name in outputs:
+        _HELD_LOCKS.enter_context(output_lock(getattr(args, name), owner))
     return args, params
 
 
@@ -46,7 +56,8 @@ TRACEBACK_ENV = "LAVISE_TRACEBACK"  # set to 1 to see the traceback behind a one
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main``, ending with one line for what the user can fix rather than a
-    traceback: bad input (a ValueError or a missing file: exit 2), a full disk (exit 1), Ctrl-C
+    traceback: bad input (a ValueError or a missing file: exit 2), a full disk or an output another
+    run holds (exit 1), Ctrl-C
     (exit 130, the shell's convention for SIGINT). Anything else is a bug and keeps its traceback,
     and so does everything when ``LAVISE_TRACEBACK=1``.
     """
@@ -56,6 +67,8 @@ def run_stage(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except OutputLockedError as error:
+        _fail_in_one_line(str(error), 1)
     except (ValueError, FileNotFoundError) as error:
         if show_traceback:
             raise
