@@ -12,9 +12,12 @@ whose header ``device_decodable_size`` accepts are sent there; everything else, 
 the device decoder still refuses, goes through ``decode_bytes`` exactly as on the CPU path.
 
 An image file has one of three statuses, written once here (:data:`IMAGE_STATUSES`): ``ok``,
-``missing`` (no file) or ``undecodable``. The annotations stage records them per image
-(:func:`check_image_files`); a reader that meets a bad file later gets the same status and a
-message naming the path from :func:`read_image`, instead of an exception.
+``missing`` (no regular file at the path) or ``undecodable`` (a file that gives no image: empty,
+corrupt, truncated, or one the operating system refuses to read, such as permission denied or an
+I/O error). The annotations stage records them per image (:func:`check_image_files`); a reader
+that meets a bad file later gets the same status and a message naming the path from
+:func:`read_image` (or :func:`read_image_bytes`), instead of an exception: the feature cache
+records it, the target CNN's loader skips and counts it, a heatmap draws it grey.
 """
 
 from __future__ import annotations
@@ -89,30 +92,47 @@ def decode_bytes(data: bytes, label: str) -> torch.Tensor:
 
 
 class UnreadableImage(NamedTuple):
-    """A file that gave no image: ``status`` (``missing`` or ``undecodable``) and why, path first."""
+    """A file that gave no image: ``status`` (``missing`` or ``undecodable``) and why, path first.
+
+    ``str()`` is the one line every consumer logs, e.g. ``missing image a.jpg: file not found``.
+    """
 
     status: str
     error: str
 
+    def __str__(self) -> str:
+        return f"{self.status} image {self.error}"
+
 
 def read_image_bytes(path: str | os.PathLike[str]) -> bytes | UnreadableImage:
-    """The bytes of ``path``, or ``UnreadableImage("missing", "<path>: file not found")``."""
+    """The bytes of ``path``, or an :class:`UnreadableImage` with the status ``check_image_file`` gives.
+
+    No regular file at ``path`` is ``missing``; a file the operating system will not read
+    (permission denied, an I/O error) is ``undecodable``: it holds no image for this run either.
+    """
     try:
         return Path(path).read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return UnreadableImage(MISSING, f"{path}: file not found")
+    except IsADirectoryError:
+        return UnreadableImage(MISSING, f"{path}: a directory, not a file")
+    except OSError as error:
+        return UnreadableImage(UNDECODABLE, f"{path}: cannot read: {error.strerror or error}")
 
 
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor | UnreadableImage:
+def read_image(path: str | os.PathLike[str], data: bytes | None = None) -> torch.Tensor | UnreadableImage:
     """``decode_image`` that returns an :class:`UnreadableImage` instead of raising.
 
-    RGB uint8 ``[3, H, W]`` for a readable file; ``missing`` for an absent one; ``undecodable``
-    (the decoders' message) for an empty, corrupt or truncated one. One bad file in a long run
-    is then a record to count and skip, the same record wherever it is read.
+    RGB uint8 ``[3, H, W]`` for a readable file; ``missing`` or ``undecodable`` (see
+    :func:`read_image_bytes`; for an empty, corrupt or truncated file the decoders' message)
+    otherwise. ``data``: the file's bytes when the caller has already read them with
+    ``read_image_bytes``. One bad file in a long run is then a record to count and skip, the same
+    record wherever it is read.
     """
-    data = read_image_bytes(path)
-    if isinstance(data, UnreadableImage):
-        return data
+    if data is None:
+        data = read_image_bytes(path)
+        if isinstance(data, UnreadableImage):
+            return data
     try:
         return decode_bytes(data, str(path))
     except UndecodableImageError as error:
@@ -148,7 +168,11 @@ def _header_and_tail(path: str) -> tuple[str | None, bytes]:
 
 
 def check_image_file(path: str) -> str:
-    """Status of one file: ``ok``, ``missing`` or ``undecodable`` (see :func:`check_image_files`)."""
+    """Status of one file: ``ok``, ``missing`` or ``undecodable`` (see :func:`check_image_files`).
+
+    No regular file is ``missing`` and a file the OS refuses to open ``undecodable``, the statuses
+    :func:`read_image_bytes` gives when a later stage reads it.
+    """
     if not os.path.isfile(path):
         return MISSING
     try:
@@ -229,13 +253,14 @@ def device_decodable_size(data: bytes) -> tuple[int, int] | None:
 
 def decode_jpegs_on_device(
     encoded: list[torch.Tensor], labels: list[str], device: torch.device
-) -> list[torch.Tensor | UndecodableImageError]:
+) -> list[torch.Tensor | UnreadableImage]:
     """Decode JPEG byte tensors to RGB uint8 ``[3, H, W]`` on ``device``, batched (nvJPEG on CUDA).
 
     torchvision's batched call fails as a whole if one image fails, so a failed batch is retried
-    image by image, and an image the device decoder refuses is decoded by ``decode_bytes`` and
-    moved to ``device``. The result is, per input, a tensor or the ``UndecodableImageError`` of
-    the CPU decoders, so a file is undecodable here exactly when it is on the CPU path.
+    image by image, and an image the device decoder refuses is decoded by ``read_image`` on its
+    bytes and moved to ``device``. The result is, per input, a tensor or the ``undecodable``
+    :class:`UnreadableImage` of the CPU path, so a file is undecodable here exactly when it is
+    there, with the same message (``labels`` are the paths).
     """
     if not encoded:
         return []
@@ -245,13 +270,11 @@ def decode_jpegs_on_device(
             return list(tvio.decode_jpeg(encoded, mode=tvio.ImageReadMode.RGB, device=device))
         except RuntimeError:
             pass
-        results: list[torch.Tensor | UndecodableImageError] = []
+        results: list[torch.Tensor | UnreadableImage] = []
         for data, label in zip(encoded, labels):
             try:
                 results.append(tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=device))
             except RuntimeError:
-                try:
-                    results.append(decode_bytes(data.numpy().tobytes(), label).to(device))
-                except UndecodableImageError as error:
-                    results.append(error)
+                image = read_image(label, data.numpy().tobytes())
+                results.append(image if isinstance(image, UnreadableImage) else image.to(device))
     return results

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from lavise.data.images import UndecodableImageError, decode_image
+from lavise.data.images import UnreadableImage, read_image
 from lavise.data.transforms import transform_geometry
 from lavise.io import atomic_path
 from lavise.metrics.overlap import upsample_maps
@@ -98,6 +98,18 @@ def write_sheet(path: Path, tiles: Sequence[HeatmapTile], header: Sequence[str])
         sheet.save(tmp, format="PNG")
 
 
+def tile_image(path: Path, caption: str, resize: int, crop: int) -> torch.Tensor:
+    """The uint8 crop ``[3, crop, crop]`` of one top image; grey, with a warning, if it is unreadable.
+
+    The warning carries ``read_image``'s status and message, so one bad file does not lose the sheet.
+    """
+    image = read_image(path)
+    if isinstance(image, UnreadableImage):
+        log.warning("heatmap %s: %s, drawn grey", caption, image)
+        return torch.full((3, crop, crop), 128, dtype=torch.uint8)
+    return transform_geometry(image, resize, crop)
+
+
 def _tiles(
     filter_maps: np.ndarray,
     threshold: float,
@@ -108,17 +120,13 @@ def _tiles(
 ) -> list[HeatmapTile]:
     """Tiles of one filter's top images: maps ``[k, h, w]`` upsampled, scaled by their joint maximum.
 
-    An unreadable image is drawn grey (with a warning), so one bad file does not lose the sheet.
+    An unreadable image is drawn grey (:func:`tile_image`).
     """
     upsampled = upsample_maps(torch.from_numpy(filter_maps), crop).numpy()
     scale = max(float(upsampled.max()), 1e-12)
     tiles = []
     for k, (path, caption) in enumerate(zip(image_paths, captions)):
-        try:
-            image = transform_geometry(decode_image(path), resize, crop)
-        except (OSError, ValueError, UndecodableImageError) as error:
-            log.warning("heatmap %s: %s unreadable (%s), drawn grey", caption, path, error)
-            image = torch.full((3, crop, crop), 128, dtype=torch.uint8)
+        image = tile_image(path, caption, resize, crop)
         tiles.append(
             HeatmapTile(
                 image=image.permute(1, 2, 0).numpy(),

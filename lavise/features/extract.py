@@ -34,11 +34,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lavise.data.images import (
-    UndecodableImageError,
+    IMAGE_STATUSES,
+    OK,
+    UNDECODABLE,
     UnreadableImage,
-    decode_bytes,
     decode_jpegs_on_device,
     device_decodable_size,
+    read_image,
     read_image_bytes,
 )
 from lavise.data.masks import image_object_masks
@@ -70,6 +72,7 @@ class ImageObjectsDataset(Dataset):
 
     Object geometry (RLE strings, box lists) stays in an Arrow table, compact and shared
     copy-on-write with forked workers without Python refcount churn, and is sliced per image.
+    A file that gives no image is an item with the status and message of ``read_image``.
     """
 
     def __init__(
@@ -105,7 +108,7 @@ class ImageObjectsDataset(Dataset):
         return {"position": position, "status": status, "error": error, "image": None, "encoded": None, "grids": None}
 
     def __getitem__(self, position: int) -> dict[str, Any]:
-        if self.statuses[position] != "ok":
+        if self.statuses[position] != OK:
             return self._failed(position, self.statuses[position], "status in annotations images.parquet")
         path = self.raw_dir / self.paths[position]
         data = read_image_bytes(path)
@@ -115,17 +118,16 @@ class ImageObjectsDataset(Dataset):
         image, encoded = None, None
         size = device_decodable_size(data) if self.decode == "device" else None
         if size is None:
-            try:
-                image = decode_bytes(data, str(path))
-            except UndecodableImageError as error:
-                return self._failed(position, "undecodable", str(error))
+            image = read_image(path, data)
+            if isinstance(image, UnreadableImage):
+                return self._failed(position, image.status, image.error)
             size = (int(image.shape[1]), int(image.shape[2]))
         else:
             encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         if size != (height, width):
             return self._failed(
                 position,
-                "undecodable",
+                UNDECODABLE,
                 f"{path}: decoded {size[0]}x{size[1]} but annotated {height}x{width}; masks would not align",
             )
         start, end = int(self.object_offsets[position]), int(self.object_offsets[position + 1])
@@ -134,7 +136,7 @@ class ImageObjectsDataset(Dataset):
         grids = mask_to_grid(masks_to_crop(masks, self.resize, self.crop), self.grid)
         return {
             "position": position,
-            "status": "ok",
+            "status": OK,
             "error": None,
             "label": str(path),
             "image": None if image is None else transform_geometry(image, self.resize, self.crop),
@@ -149,7 +151,7 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
     ``images`` holds the crops decoded by the workers, ``crop_rows`` their rows among the ok
     images; ``encoded``/``encoded_rows``/``labels`` the JPEG bytes left to decode on the device.
     """
-    ok = [item for item in items if item["status"] == "ok"]
+    ok = [item for item in items if item["status"] == OK]
     max_objects = max((item["grids"].shape[0] for item in ok), default=0)
     crops = [item["image"] for item in ok if item["image"] is not None]
     if ok:
@@ -178,8 +180,9 @@ def batch_images_on_device(
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """The batch's uint8 crops ``[n_ok, 3, crop, crop]`` on ``device``, decoding any JPEG bytes there.
 
-    Images that fail to decode become "undecodable" in the returned batch, and their rows leave
-    ``ok_positions`` and ``grids``, exactly as if a worker had failed them.
+    Images that fail to decode become ``undecodable`` in the returned batch, with the message
+    ``read_image`` gives the file, and their rows leave ``ok_positions`` and ``grids``, exactly as
+    if a worker had failed them.
     """
     if not batch["encoded"]:
         return batch, batch["images"].to(device, non_blocking=True)
@@ -190,10 +193,10 @@ def batch_images_on_device(
     keep = torch.ones(len(batch["ok_positions"]), dtype=torch.bool)
     statuses, errors = list(batch["statuses"]), list(batch["errors"])
     for row, result in zip(batch["encoded_rows"], decoded):
-        if isinstance(result, UndecodableImageError):
+        if isinstance(result, UnreadableImage):
             keep[row] = False
             index = batch["positions"].index(batch["ok_positions"][row])
-            statuses[index], errors[index] = "undecodable", str(result)
+            statuses[index], errors[index] = result.status, result.error
         else:
             images[row] = transform_geometry(result, resize, crop)
     if keep.all():
@@ -427,7 +430,7 @@ def _chunk_tables(
     coverages: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     val_image_ids: list[int] = []
     for index, (image_id, split, status) in enumerate(zip(buffer.image_ids, buffer.splits, buffer.statuses)):
-        if status != "ok":
+        if status != OK:
             continue
         position = buffer.start + index
         first, last = int(inputs.object_offsets[position]), int(inputs.object_offsets[position + 1])
@@ -509,7 +512,7 @@ def _meta(
 ) -> dict[str, Any]:
     """meta.json's content: what was extracted and how, and the counts of images and objects."""
     statuses = pq.read_table(out_dir / "images.parquet", columns=["status"]).column("status").to_pylist()
-    status_counts = {status: statuses.count(status) for status in ("ok", "missing", "undecodable")}
+    status_counts = {status: statuses.count(status) for status in IMAGE_STATUSES}
     placed_objects = totals["train_vectors"] + totals["val_vectors"]
     return {
         "backbone": settings.model,

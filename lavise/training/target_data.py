@@ -8,8 +8,9 @@
   resized (shorter side `crop * resize / transform_crop`) and kept in memory as uint8 for all
   epochs (~3 * 1.2 * s^2 bytes each: 160 px -> ~90 kB; 5000 images -> ~0.5 GB). Larger
   datasets are streamed: decoded in DataLoader workers every epoch, memory flat in size.
-- An unreadable image is logged and left out of its batch (``None`` through the dataset, counted
-  by the collate function), never a crash mid-epoch.
+- An unreadable image is logged with the status and message of ``lavise.data.images.read_image``
+  and left out of its batch (its ``UnreadableImage`` travels through the dataset and is counted by
+  the collate function), never a crash mid-epoch.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torchvision.transforms.v2.functional as tvf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lavise.data.images import UndecodableImageError, decode_image
+from lavise.data.images import OK, UnreadableImage, read_image
 from lavise.data.transforms import random_resized_crop_box, resize_shorter_side
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def load_multilabel_data(annotations_dir: str | Path, image_root: str | Path) ->
     splits: dict[str, LabelledImages] = {}
     for name in ("train", "val"):
         in_split = split == name
-        ok = in_split & (status == "ok")
+        ok = in_split & (status == OK)
         counts[f"{name}_images_not_ok"] = int((in_split & ~ok).sum())
         ids = image_ids[ok]
         labels = np.zeros((len(ids), len(categories)), dtype=np.float32)
@@ -115,7 +116,7 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 class ResizedImageSource(Dataset):
-    """Decodes image i and resizes its shorter side; ``None`` for an unreadable file."""
+    """Decodes image i and resizes its shorter side; ``read_image``'s record for an unreadable file."""
 
     def __init__(self, files: Sequence[Path], shorter_side: int) -> None:
         self.files = list(files)
@@ -124,12 +125,11 @@ class ResizedImageSource(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None]:
-        try:
-            image = decode_image(self.files[index])
-        except (UndecodableImageError, FileNotFoundError) as error:
-            log.warning("skipping %s: %s", self.files[index], error)
-            return index, None
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | UnreadableImage]:
+        image = read_image(self.files[index])
+        if isinstance(image, UnreadableImage):
+            log.warning("target: skipping %s", image)
+            return index, image
         return index, resize_shorter_side(image, self.shorter_side)
 
 
@@ -140,22 +140,22 @@ def _first_item(batch: list[Any]) -> Any:
 
 def decode_all(
     files: Sequence[Path], shorter_side: int, num_workers: int, description: str
-) -> list[torch.Tensor | None]:
+) -> list[torch.Tensor | UnreadableImage]:
     """Decode and resize every file once (in workers), in file order."""
-    images: list[torch.Tensor | None] = [None] * len(files)
+    images: dict[int, torch.Tensor | UnreadableImage] = {}
     loader = DataLoader(
         ResizedImageSource(files, shorter_side), batch_size=1, collate_fn=_first_item, num_workers=num_workers
     )
     for index, image in tqdm(loader, total=len(files), desc=description, unit="img"):
         images[index] = image
-    return images
+    return [images[index] for index in range(len(files))]
 
 
 class AugmentedImages(Dataset):
     """Training or evaluation views of images, from an in-memory cache or streamed from disk.
 
     ``train=True``: seeded random resized crop + flip; otherwise the centre crop.
-    Items are (uint8 [3, crop, crop] or None if unreadable, labels [C]).
+    Items are (uint8 [3, crop, crop], or the ``UnreadableImage`` of an unreadable file, labels [C]).
     """
 
     def __init__(
@@ -180,15 +180,15 @@ class AugmentedImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _image(self, index: int) -> torch.Tensor | None:
+    def _image(self, index: int) -> torch.Tensor | UnreadableImage:
         if self.cached is not None:
             return self.cached[index]
         return self.source[index][1]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | UnreadableImage, torch.Tensor]:
         image = self._image(index)
-        if image is None:
-            return None, self.labels[index]
+        if isinstance(image, UnreadableImage):
+            return image, self.labels[index]
         if not self.train:
             return tvf.center_crop(image, [self.crop, self.crop]), self.labels[index]
         generator = sample_generator(self.seed, self.epoch, index)
@@ -204,10 +204,10 @@ class AugmentedImages(Dataset):
 
 
 def collate_skipping_unreadable(
-    batch: list[tuple[torch.Tensor | None, torch.Tensor]],
+    batch: list[tuple[torch.Tensor | UnreadableImage, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Stack the readable samples; the count of unreadable ones travels with the batch."""
-    kept = [(image, label) for image, label in batch if image is not None]
+    kept = [(image, label) for image, label in batch if not isinstance(image, UnreadableImage)]
     n_skipped = len(batch) - len(kept)
     if not kept:
         return torch.empty(0), torch.empty(0), n_skipped
@@ -238,9 +238,9 @@ def make_views(
             AugmentedImages(images.labels, crop, False, seed, source=source),
         )
     decoded = decode_all(images.files, shorter_side, num_workers, description)
-    readable = np.array([image is not None for image in decoded], dtype=bool)
+    readable = np.array([not isinstance(image, UnreadableImage) for image in decoded], dtype=bool)
     counter[key] = int((~readable).sum())
-    cached = [image for image in decoded if image is not None]
+    cached = [image for image in decoded if not isinstance(image, UnreadableImage)]
     labels = images.labels[readable]
     return (
         AugmentedImages(labels, crop, True, seed, cached=cached),

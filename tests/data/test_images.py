@@ -1,7 +1,8 @@
-"""Robust decoding: every odd file either becomes RGB or a recorded UndecodableImageError."""
+"""Robust decoding: every odd file either becomes RGB or a recorded status and message."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lavise.data import images
 from lavise.data.images import (
     IMAGE_STATUSES,
     UndecodableImageError,
@@ -95,6 +97,43 @@ def test_read_image_gives_the_image_or_a_status_record(tmp_path: Path, pixels: n
     corrupt = read_image(tmp_path / "x.jpg")
     assert corrupt.status == "undecodable" and corrupt.error.startswith(f"{tmp_path / 'x.jpg'}: torchvision: ")
     assert IMAGE_STATUSES == ("ok", "missing", "undecodable")
+    assert str(read_image(absent)) == f"missing image {absent}: file not found"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
+        (OSError("device gone"), "device gone"),
+    ],
+)
+def test_a_file_the_os_will_not_read_is_undecodable_everywhere(
+    tmp_path: Path, pixels: np.ndarray, monkeypatch: pytest.MonkeyPatch, error: OSError, reason: str
+) -> None:
+    """As the annotations stage's check_image_file already says: the file holds no image for this run."""
+    path = _save(tmp_path / "a.jpg", Image.fromarray(pixels))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    monkeypatch.setattr(images, "open", refuse, raising=False)
+    expected = UnreadableImage("undecodable", f"{path}: cannot read: {reason}")
+    assert read_image(path) == read_image_bytes(path) == expected
+    assert check_image_files(tmp_path, ["a.jpg"]).tolist() == ["undecodable"]
+
+
+def test_no_regular_file_is_missing_everywhere(tmp_path: Path, pixels: np.ndarray) -> None:
+    path = _save(tmp_path / "a.jpg", Image.fromarray(pixels))
+    (tmp_path / "folder.jpg").mkdir()
+    folder = tmp_path / "folder.jpg"
+    assert (
+        read_image(folder)
+        == read_image_bytes(folder)
+        == UnreadableImage("missing", f"{folder}: a directory, not a file")
+    )
+    assert read_image(path / "b.jpg") == UnreadableImage("missing", f"{path / 'b.jpg'}: file not found")
+    assert check_image_files(tmp_path, ["folder.jpg", "a.jpg/b.jpg"]).tolist() == ["missing", "missing"]
 
 
 def test_normalize_hand_computed() -> None:
@@ -175,11 +214,14 @@ def test_decode_jpegs_on_device_matches_cpu_decoder_and_isolates_failures(tmp_pa
     results = decode_jpegs_on_device(encoded, ["a.jpg", "bad.jpg", "g.jpg"], torch.device("cpu"))
     assert torch.equal(results[0], decode_image(tmp_path / "a.jpg"))
     assert torch.equal(results[2], decode_image(tmp_path / "g.jpg"))
-    assert isinstance(results[1], UndecodableImageError) and str(results[1]).startswith("bad.jpg: torchvision: ")
+    assert isinstance(results[1], UnreadableImage) and results[1].status == "undecodable"
+    assert results[1].error.startswith("bad.jpg: torchvision: ")
     (tmp_path / "bad.jpg").write_bytes(bad)
     with pytest.raises(UndecodableImageError) as cpu_error:
         decode_image(tmp_path / "bad.jpg")
-    assert str(cpu_error.value).replace(str(tmp_path / "bad.jpg"), "bad.jpg") == str(results[1])
+    assert str(cpu_error.value).replace(str(tmp_path / "bad.jpg"), "bad.jpg") == results[1].error
+    assert read_image(tmp_path / "bad.jpg") == UnreadableImage("undecodable", str(cpu_error.value))
+    assert read_image("bad.jpg", bad) == results[1]  # the bytes already read, the same record
     assert decode_jpegs_on_device([], [], torch.device("cpu")) == []
 
 

@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 from safetensors.torch import save_file
 from torchvision.models import get_model
 
-from lavise.data.images import decode_image
+from lavise.data.images import decode_image, read_image
 from lavise.data.masks import image_object_masks
 from lavise.data.transforms import mask_to_grid, masks_to_crop, preprocess
 from lavise.features import extract
@@ -195,7 +195,7 @@ def built(demo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
-def test_layout_and_statuses(built: Path) -> None:
+def test_layout_and_statuses(built: Path, demo: dict[str, Path]) -> None:
     assert sorted(p.name for p in built.iterdir()) == sorted(
         [
             "meta.json",
@@ -224,6 +224,9 @@ def test_layout_and_statuses(built: Path) -> None:
     }
     errors = dict(zip(cache.images["image_id"], cache.images["error"]))
     assert "16.jpg" in errors[16] and "not found" in errors[17] and pd.isna(errors[10])
+    for image_id in (16, 17):  # truncated, missing: the record read_image gives the file
+        assert (statuses[image_id], errors[image_id]) == read_image(demo["raw"] / f"{image_id}.jpg")
+    assert errors[19] == "status in annotations images.parquet"
     assert cache.meta["channels"] == 128 and (cache.meta["height"], cache.meta["width"]) == (8, 8)
     counts = cache.meta["counts"]
     assert counts["images_ok"] == 7 and counts["images_missing"] == 2 and counts["images_undecodable"] == 1
@@ -366,6 +369,8 @@ def test_device_decode_gives_the_worker_decode_cache(demo: dict[str, Path], tmp_
     cache = open_feature_cache(tmp_path / "device")
     statuses = dict(zip(cache.images["image_id"], cache.images["status"]))
     assert statuses[15] == "undecodable" and statuses[14] == "ok" and statuses[16] == "undecodable"
+    errors = dict(zip(cache.images["image_id"], cache.images["error"]))
+    assert errors[15] == read_image(raw / "15.jpg").error  # failed on the device decoder, same record as a worker's
     assert cache.meta["counts"]["images_ok"] == 6
     assert {key: value for key, value in cache.meta.items() if key != "decode"} == {
         key: value for key, value in open_feature_cache(tmp_path / "workers").meta.items() if key != "decode"

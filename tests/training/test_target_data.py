@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from lavise.data.images import UnreadableImage, read_image
 from lavise.data.transforms import random_resized_crop_box
 from lavise.training.target_data import (
     CROP_RATIO,
@@ -46,10 +47,13 @@ def test_load_multilabel_data_labels_and_counts(tiny_dataset: Path) -> None:
 
 def test_collate_skips_unreadable_and_counts_them() -> None:
     image, label = torch.zeros(3, 2, 2, dtype=torch.uint8), torch.tensor([1.0, 0.0])
-    images, labels, n_skipped = collate_skipping_unreadable([(None, label), (image, label), (image + 1, label * 0)])
+    unreadable = UnreadableImage("missing", "a.jpg: file not found")
+    images, labels, n_skipped = collate_skipping_unreadable(
+        [(unreadable, label), (image, label), (image + 1, label * 0)]
+    )
     assert images.shape == (2, 3, 2, 2) and int(images[1].max()) == 1
     assert labels.tolist() == [[1.0, 0.0], [0.0, 0.0]] and n_skipped == 1
-    images, labels, n_skipped = collate_skipping_unreadable([(None, label)])
+    images, labels, n_skipped = collate_skipping_unreadable([(unreadable, label)])
     assert len(images) == 0 and len(labels) == 0 and n_skipped == 1
 
 
@@ -66,4 +70,5 @@ def test_cached_views_drop_the_unreadable_image_and_share_the_decode(tiny_datase
     assert torch.equal(first, train_view[0][0])  # the crop depends only on (seed, epoch, index)
     streamed, _ = make_views(data.train, 32, 37, 0, False, 0, "decode", counter, "unreadable")
     corrupt = [f.name for f in data.train.files].index("0008.jpg")
-    assert len(streamed) == 9 and streamed[corrupt][0] is None  # streamed: found per item
+    assert len(streamed) == 9 and streamed[corrupt][0] == read_image(data.train.files[corrupt])  # found per item
+    assert streamed[corrupt][0].status == "undecodable"
