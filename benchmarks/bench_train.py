@@ -14,7 +14,6 @@ Run from the repository root: python -m benchmarks.bench_train --mode cache
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import resource
@@ -25,63 +24,63 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from benchmarks.memory import PeakMemory
+from lavise.features.cache import open_feature_cache
+from tests.writers.annotations import category_row, write_annotation_tables
+from tests.writers.cache import write_feature_cache_in_chunks
+from tests.writers.glove import write_glove_store
 
 log = logging.getLogger("bench_train")
 
 
+OBJECTS_PER_IMAGE = 7
+
+
 def build_random_cache(
-    root: Path, n_train: int, n_val: int, dim: int, n_categories: int, emb_dim: int, seed: int, chunk_rows: int = 65_536
+    root: Path,
+    n_train: int,
+    n_val: int,
+    dim: int,
+    n_categories: int,
+    emb_dim: int,
+    seed: int,
+    chunk_rows: int = OBJECTS_PER_IMAGE * 8192,
 ) -> dict[str, Path]:
-    """Write a random cache in the contract layout, in chunks (memory flat in n_train)."""
+    """Write a random cache, its categories and GloVe store with the test writers, the cache chunk
+    by chunk (memory flat in n_train; ``chunk_rows`` a multiple of OBJECTS_PER_IMAGE, so that no
+    image straddles two chunks)."""
     rng = np.random.default_rng(seed)
-    features, annotations, glove = root / "features", root / "annotations", root / "glove"
-    for directory in (features, annotations, glove):
-        directory.mkdir(parents=True, exist_ok=True)
     categories = [f"category{i:03d}" for i in range(n_categories)]
-    for split, n in (("train", n_train), ("val", n_val)):
-        vectors = np.lib.format.open_memmap(
-            features / f"{split}_vectors.npy", mode="w+", dtype=np.float16, shape=(n, dim)
-        )
-        for start in range(0, n, chunk_rows):
-            stop = min(start + chunk_rows, n)
-            vectors[start:stop] = np.abs(rng.standard_normal((stop - start, dim), dtype=np.float32))
-        vectors.flush()
-        del vectors
-        category_codes = rng.integers(0, n_categories, n)
-        pq.write_table(
-            pa.table(
-                {
-                    "row": np.arange(n, dtype=np.int64),
-                    "object_id": np.arange(n, dtype=np.int64),
-                    "image_id": np.arange(n, dtype=np.int64) // 7,
-                    "category": pa.DictionaryArray.from_arrays(category_codes.astype(np.int32), categories).cast(
-                        pa.string()
-                    ),
-                    "coverage": np.full(n, 0.25, dtype=np.float32),
-                }
-            ),
-            features / f"{split}_objects.parquet",
-        )
-    (features / "meta.json").write_text(
-        json.dumps({"backbone": "random", "weights": "none", "layer": "layer4", "channels": dim})
+    words = [f"word{i:03d}" for i in range(n_categories)]
+    first_val_image = -(-n_train // OBJECTS_PER_IMAGE)
+
+    def split_part(split: str, n: int, index: int) -> dict[str, Any]:
+        ids = np.arange(min(index * chunk_rows, n), min((index + 1) * chunk_rows, n), dtype=np.int64)
+        vectors = np.abs(rng.standard_normal((ids.size, dim), dtype=np.float32))
+        codes = rng.integers(0, n_categories, ids.size).astype(np.int32)
+        objects = {
+            "object_id": ids + (0 if split == "train" else n_train),
+            "image_id": ids // OBJECTS_PER_IMAGE + (0 if split == "train" else first_val_image),
+            "category": pa.DictionaryArray.from_arrays(codes, categories).cast(pa.string()),
+            "coverage": np.full(ids.size, 0.25, dtype=np.float32),
+        }
+        return {f"{split}_vectors": vectors, f"{split}_objects": objects}
+
+    def chunk(index: int) -> dict[str, Any]:
+        return {**split_part("train", n_train, index), **split_part("val", n_val, index)}
+
+    n_chunks = max(1, -(-max(n_train, n_val) // chunk_rows))
+    meta = {"backbone": "random", "weights": "none", "layer": "layer4"}
+    features = write_feature_cache_in_chunks(root / "features", n_chunks, chunk, channels=dim, meta=meta)
+    annotations = write_annotation_tables(
+        root / "annotations",
+        images=[],
+        objects=[],
+        categories=[category_row(category, [word]) for category, word in zip(categories, words)],
     )
-    pq.write_table(
-        pa.table(
-            {
-                "category": categories,
-                "tokens": [[f"word{i:03d}"] for i in range(n_categories)],
-                "role": ["seen"] * n_categories,
-            }
-        ),
-        annotations / "categories.parquet",
-    )
-    word_vectors = rng.standard_normal((n_categories, emb_dim)).astype(np.float32)
-    np.save(glove / "vectors.npy", word_vectors / np.linalg.norm(word_vectors, axis=1, keepdims=True))
-    pq.write_table(pa.table({"word": [f"word{i:03d}" for i in range(n_categories)]}), glove / "vocab.parquet")
+    glove = write_glove_store(root / "glove", words, rng.standard_normal((n_categories, emb_dim)).astype(np.float32))
     return {"features": features, "annotations": annotations, "glove": glove}
 
 
@@ -133,7 +132,7 @@ def bench_cache(args: argparse.Namespace) -> None:
         root = Path(tmp)
         started = time.perf_counter()
         paths = build_random_cache(root, args.rows, args.val_rows, args.dim, args.categories, args.emb_dim, seed=0)
-        size_mib = (paths["features"] / "train_vectors.npy").stat().st_size / 2**20
+        size_mib = open_feature_cache(paths["features"]).train_vectors.nbytes / 2**20
         print(
             f"built cache {args.rows} x {args.dim} float16 ({size_mib:.0f} MiB) + val {args.val_rows} "
             f"in {time.perf_counter() - started:.1f} s"
@@ -165,7 +164,6 @@ def bench_fact2023(args: argparse.Namespace) -> None:
     from lavise.data.masks import image_object_masks
     from lavise.data.transforms import mask_to_grid, masks_to_crop, preprocess
     from lavise.features.pooling import pool as pool_features
-    from lavise.io import read_json
     from lavise.models.explainer import Explainer, hinge_rank_loss
     from lavise.models.extractor import build_feature_extractor
     from lavise.training.explainer import make_optimizer
@@ -182,7 +180,8 @@ def bench_fact2023(args: argparse.Namespace) -> None:
         f"samples, includes loading, validation and saving): {ours['seconds']:.2f} s"
     )
 
-    meta = read_json(args.features / "meta.json")
+    cache = open_feature_cache(args.features)
+    meta = cache.meta
     resize, crop = params["transform"]["resize"], params["transform"]["crop"]
     extractor = build_feature_extractor(meta["backbone"], args.weights, meta["layer"])
     classes = load_classes(args.annotations)
@@ -190,7 +189,7 @@ def bench_fact2023(args: argparse.Namespace) -> None:
     seen_index = {c: i for i, c in enumerate(classes.seen_categories)}
     images = pd.read_parquet(args.annotations / "images.parquet").set_index("image_id")
     objects = pd.read_parquet(args.annotations / "objects.parquet")
-    cached = pd.read_parquet(args.features / "images.parquet")  # the features stage's decode status
+    cached = cache.images  # the features stage's decode status
     decodable = set(cached.loc[cached["status"] == "ok", "image_id"])
     train_ids = set(images.index[images["split"] == "train"]) & decodable
     objects = objects[objects["image_id"].isin(train_ids) & objects["category"].isin(seen_index)]

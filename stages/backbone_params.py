@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lavise.models import backbones
+from lavise.models.checkpoints import looks_like_checkpoint
 from stages.params import fail
 
 
@@ -34,7 +35,7 @@ def validate_backbone(params: Mapping[str, Any], root: Path) -> None:
         value = params[section][key]
         if value in special:
             continue
-        if backbones.looks_like_checkpoint(value):
+        if looks_like_checkpoint(value):
             path = Path(value) if Path(value).is_absolute() else root / value
             if not path.is_file():
                 fail(f"{section}.{key}", value, "an existing checkpoint file (.pt, .pth, .safetensors)")

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from lavise.devices import resolve_device
-from lavise.io import read_json, write_json
+from lavise.features.cache import open_feature_cache
+from lavise.io import write_json
 from lavise.models.explainer import save_explainer
 from lavise.training.explainer import ExplainerFit, check_settings, train_explainer, write_history
 from lavise.training.explainer_data import Classes, Split, feature_dim, load_class_vectors, load_classes, load_split
@@ -37,14 +38,15 @@ class Inputs:
 
 
 def load_inputs(features_dir: Path, annotations_dir: Path, embeddings_dir: Path) -> Inputs:
-    """Read the classes, their GloVe vectors and both splits, and check they fit together."""
-    meta = read_json(Path(features_dir) / "meta.json")
+    """Open and check the cache once, read the classes, their GloVe vectors and both splits, and
+    check there is enough to train on."""
+    cache = open_feature_cache(features_dir)
     classes = load_classes(Path(annotations_dir))
     class_vectors = load_class_vectors(Path(embeddings_dir), classes.tokens)
-    train = load_split(Path(features_dir), "train", classes)
-    val = load_split(Path(features_dir), "val", classes)
-    feature_dim(train, val, meta.get("channels"))
-    return Inputs(meta, classes, class_vectors, train, val)
+    train = load_split(cache, "train", classes)
+    val = load_split(cache, "val", classes)
+    feature_dim(train, val)
+    return Inputs(cache.meta, classes, class_vectors, train, val)
 
 
 def explainer_config(

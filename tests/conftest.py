@@ -28,3 +28,21 @@ def wordnet(wordnet_root: Path) -> Any:
     from lavise.data.wordnet import load_wordnet
 
     return load_wordnet(wordnet_root)
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A feature cache of separable clusters with its categories table and GloVe store
+    (tests.training.synthetic): the explainer's data, for its loop and the `train` stage."""
+    from tests.training.synthetic import write_tiny_cache
+
+    return write_tiny_cache(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Annotation tables and images of a tiny labelled dataset (tests.training.synthetic): the
+    target CNN's data, for its loop and the `target` stage."""
+    from tests.training.synthetic import write_tiny_dataset
+
+    return write_tiny_dataset(tmp_path_factory.mktemp("target"))

@@ -1,4 +1,5 @@
-"""The explainer's training data, read from the feature cache and the annotation tables.
+"""The explainer's training data, read from the feature cache (opened and checked by
+`lavise.features.cache.open_feature_cache`) and the annotation tables.
 
 Samples are the cached pooled vectors of the objects of seen categories; classes are the distinct
 tokens of those categories. Batches are gathered from the memory-mapped cache by sorted fancy
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+
+from lavise.features.cache import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +76,19 @@ def load_class_vectors(embeddings_dir: Path, tokens: list[str]) -> torch.Tensor:
     return vectors / norms[:, None]
 
 
-def load_split(features_dir: Path, split: str, classes: Classes) -> Split:
-    """Memory-map one split's vectors and keep only objects of seen categories (others counted).
+def load_split(cache: FeatureCache, split: str, classes: Classes) -> Split:
+    """Keep one split's objects of seen categories (others counted); the vectors stay memory-mapped.
 
-    Objects whose mask the centre crop cuts away entirely (``coverage`` 0) have an all-zero
-    pooled vector that says nothing about them: they are excluded and counted as ``outside_crop``.
+    The reader has checked that ``row`` indexes the vectors; checked here is what it cannot know,
+    that every object has a category of categories.parquet. Objects whose mask the centre crop
+    cuts away entirely (``coverage`` 0) have an all-zero pooled vector that says nothing about
+    them: they are excluded and counted as ``outside_crop``.
     """
-    vectors_path = Path(features_dir) / f"{split}_vectors.npy"
-    objects_path = Path(features_dir) / f"{split}_objects.parquet"
-    vectors = np.load(vectors_path, mmap_mode="r")
-    if vectors.ndim != 2:
-        raise ValueError(f"{vectors_path}: expected [n, d], got shape {vectors.shape}")
-    objects = pq.read_table(objects_path, columns=["row", "category", "coverage"])
+    vectors = {"train": cache.train_vectors, "val": cache.val_vectors}[split]
+    objects_path = cache.directory / f"{split}_objects.parquet"
+    # Arrow, and only these columns: the pandas table would hold every column of every object.
+    objects = cache.table(f"{split}_objects", columns=["row", "category", "coverage"])
     rows = objects.column("row").to_numpy().astype(np.int64)
-    if rows.size and (rows.min() < 0 or rows.max() >= vectors.shape[0]):
-        raise ValueError(f"{objects_path}: row out of range [0, {vectors.shape[0]})")
     column = objects.column("category").combine_chunks()
     if column.null_count:
         raise ValueError(f"{objects_path}: {column.null_count} objects have no category")
@@ -140,16 +141,10 @@ def gather_batch(split: Split, sample_indices: np.ndarray) -> tuple[torch.Tensor
     return features, torch.from_numpy(category_index)
 
 
-def feature_dim(train: Split, val: Split, channels: int | None) -> int:
-    """The explainer's input size: the columns of both splits' vectors, which must agree with
-    each other and with the cache's recorded ``channels``; each split needs two samples
-    (BatchNorm)."""
+def feature_dim(train: Split, val: Split) -> int:
+    """The explainer's input size, the vectors' columns (the cache reader checked that both splits
+    have meta.json's ``channels``); each split needs two samples (BatchNorm)."""
     for name, split in (("train", train), ("val", val)):
         if split.rows.size < 2:
             raise ValueError(f"{name} split has {split.rows.size} objects of seen categories; need >= 2")
-    in_dim = int(train.vectors.shape[1])
-    if channels is not None and int(channels) != in_dim:
-        raise ValueError(f"meta.json channels={channels} but train_vectors has {in_dim} columns")
-    if val.vectors.shape[1] != in_dim:
-        raise ValueError(f"val_vectors has {val.vectors.shape[1]} columns, train_vectors {in_dim}")
-    return in_dim
+    return int(train.vectors.shape[1])

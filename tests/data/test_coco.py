@@ -214,8 +214,15 @@ def test_stage_keeps_the_official_split_and_splits_categories_only_when_asked(
 ) -> None:
     raw = _write_coco(tmp_path / "coco")
     parsed = parse_coco(raw, VOCABULARY, crowd="include")
-    split = {"val_fraction": 0.5, "seen_fraction": 0.5, "split_coco_categories": split_coco_categories, "seed": 4}
-    tables, _ = stage.finish("coco", parsed, raw, {"min_images": 100, "coco_crowd": "include"}, split)
+    section = {  # the `annotations` params section
+        "min_images": 100,
+        "coco_crowd": "include",
+        "val_fraction": 0.5,
+        "seen_fraction": 0.5,
+        "split_coco_categories": split_coco_categories,
+        "seed": 4,
+    }
+    tables, _ = stage.finish("coco", parsed, raw, section)
     images = tables["images"].to_pandas()
     assert dict(zip(images["image_id"], images["split"])) == {1: "train", 3: "val"}  # no re-split, no min_images
     roles = dict(zip(tables["categories"]["category"].to_pylist(), tables["categories"]["role"].to_pylist()))

@@ -222,8 +222,15 @@ def test_annotations_stage_steps_real_path(tmp_path: Path, wordnet_root: Path) -
         wordnet_dir=wordnet_root,
         coco_crowd="include",
     )
-    split = {"val_fraction": 0.5, "seen_fraction": 0.7, "split_coco_categories": False, "seed": 0}
-    tables, statistics = stage.finish("vg", parsed, raw, {"min_images": 1, "coco_crowd": "include"}, split)
+    section = {  # the `annotations` params section
+        "min_images": 1,
+        "coco_crowd": "include",
+        "val_fraction": 0.5,
+        "seen_fraction": 0.7,
+        "split_coco_categories": False,
+        "seed": 0,
+    }
+    tables, statistics = stage.finish("vg", parsed, raw, section)
     stats = stage.write_outputs("vg", tables, statistics, out, stats_path)
     assert json.loads(stats_path.read_text()) == stats
     schemas = {

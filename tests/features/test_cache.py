@@ -18,7 +18,7 @@ from lavise.features.cache import (
     prepare_chunks,
     write_chunk,
 )
-from tests.writers.cache import write_feature_cache
+from tests.writers.cache import write_feature_cache, write_feature_cache_in_chunks
 
 CHANNELS, GRID = 3, (2, 2)
 
@@ -71,6 +71,34 @@ def test_writer_defaults_make_a_valid_empty_remainder(tmp_path: Path) -> None:
     assert list(cache.val_images["row"]) == [0, 1, 2] and list(cache.images["split"]) == ["val"] * 3
     cache = open_feature_cache(write_feature_cache(tmp_path / "vectors", train_vectors=np.ones((2, 7))))
     assert cache.val_maps.shape == (0, 7, 1, 1) and list(cache.train_objects["object_id"]) == [0, 1]
+
+
+def test_writer_in_chunks_concatenates_the_chunks_with_rows_shifted(tmp_path: Path) -> None:
+    """Chunk i: i + 1 train vectors equal to i, object ids 10 i.., its image i; one val vector in chunk 0."""
+
+    def chunk(index: int) -> dict[str, object]:
+        n = index + 1
+        parts: dict[str, object] = {
+            "train_vectors": np.full((n, 2), index),
+            "train_objects": {"object_id": np.arange(n) + 10 * index, "image_id": [index] * n, "category": ["x"] * n},
+        }
+        if index == 0:
+            parts.update(
+                val_vectors=np.ones((1, 2)), val_objects={"object_id": [99], "image_id": [7], "category": ["y"]}
+            )
+        return parts
+
+    directory = write_feature_cache_in_chunks(tmp_path / "features", 3, chunk, channels=2, meta={"layer": "layer4"})
+    cache = open_feature_cache(directory)
+    np.testing.assert_array_equal(cache.train_vectors[:, 0], [0, 1, 1, 2, 2, 2])
+    assert list(cache.train_objects["row"]) == [0, 1, 2, 3, 4, 5]
+    assert list(cache.train_objects["object_id"]) == [0, 10, 11, 20, 21, 22]
+    assert list(cache.val_objects["row"]) == [0] and list(cache.val_objects["category"]) == ["y"]
+    assert cache.val_maps.shape == (0, 2, 1, 1)
+    assert list(cache.images["image_id"]) == [0, 7, 1, 2]  # chunk by chunk, each chunk's sorted
+    assert list(cache.images["split"]) == ["train", "val", "train", "train"]
+    assert cache.meta == {"channels": 2, "height": 1, "width": 1, "dtype": "float16", "layer": "layer4"}
+    assert not (directory / ".chunks").exists()
 
 
 def _chunk(rows: int, maps: int, image_ids: list[int]) -> tuple[dict[str, np.ndarray], dict[str, pa.Table]]:

@@ -1,15 +1,20 @@
 """Synthetic inputs of the training tests: a tiny feature cache (explainer) and a tiny labelled
-image dataset (target CNN). The fixtures that write them once per module are in conftest.py."""
+image dataset (target CNN), written with the test writers of tests/writers. The fixtures that
+write them once per module (``tiny_cache``, ``tiny_dataset``) are in tests/conftest.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
+
+from lavise.data.annotation_schema import NOT_IN_EMBEDDING
+from lavise.data.annotation_tables import TOO_FEW_TRAIN_IMAGES
+from tests.writers.annotations import boxes_object, category_row, image_row, write_annotation_tables
+from tests.writers.cache import write_feature_cache
+from tests.writers.glove import write_glove_store
 
 IN_DIM = 16
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
@@ -21,64 +26,61 @@ CATEGORIES = {
     "bird": (["epsilon"], "unseen"),
     "rare": (["zeta"], "dropped"),
 }
+DROP_REASONS = {"rare": TOO_FEW_TRAIN_IMAGES, "dropped thing": NOT_IN_EMBEDDING}
 CLUSTER_OF = {"cat a": 0, "dog": 1, "car": 2, "bird": 3, "rare": 4}
 
 
-def write_split(directory: Path, split: str, counts: dict[str, int], rng: np.random.Generator) -> None:
-    """Separable clusters: each category's vectors sit around its own well-separated centre."""
+def split_columns(split: str, counts: dict[str, int], rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+    """Separable clusters: each category's vectors sit around its own well-separated centre.
+
+    Returns the split's vectors [n, IN_DIM] and its objects table's columns."""
     centres = np.eye(5, IN_DIM) * 6.0 + 1.0
     categories = [c for c, n in counts.items() for _ in range(n)]
     order = rng.permutation(len(categories))
     categories = [categories[i] for i in order]
     vectors = np.stack([centres[CLUSTER_OF[c]] + rng.normal(0, 0.5, IN_DIM) for c in categories])
-    np.save(directory / f"{split}_vectors.npy", vectors.astype(np.float16))
-    n = len(categories)
-    pq.write_table(
-        pa.table(
-            {
-                "row": np.arange(n, dtype=np.int64),
-                "object_id": np.arange(n, dtype=np.int64) + (0 if split == "train" else 10_000),
-                "image_id": np.arange(n, dtype=np.int64) // 2,
-                "category": categories,
-                # Two train "dog" objects lie outside the crop: zero coverage, to be excluded.
-                "coverage": np.where(
-                    (np.array(categories) == "dog")
-                    & (np.cumsum(np.array(categories) == "dog") <= 2)
-                    & (split == "train"),
-                    0.0,
-                    0.25,
-                ).astype(np.float32),
-            }
-        ),
-        directory / f"{split}_objects.parquet",
-    )
+    object_ids = np.arange(len(categories), dtype=np.int64) + (0 if split == "train" else 10_000)
+    objects = {
+        "object_id": object_ids,
+        "image_id": object_ids // 2,
+        "category": categories,
+        # Two train "dog" objects lie outside the crop: zero coverage, to be excluded.
+        "coverage": np.where(
+            (np.array(categories) == "dog") & (np.cumsum(np.array(categories) == "dog") <= 2) & (split == "train"),
+            0.0,
+            0.25,
+        ).astype(np.float32),
+    }
+    return vectors, objects
 
 
 def write_tiny_cache(root: Path) -> dict[str, Path]:
     """Feature cache, categories table and GloVe store of separable clusters under ``root``."""
     rng = np.random.default_rng(0)
-    features, annotations, glove = root / "features", root / "annotations", root / "glove"
-    for d in (features, annotations, glove):
-        d.mkdir()
-    write_split(features, "train", {"cat a": 40, "dog": 40, "car": 40, "bird": 20, "rare": 3}, rng)
-    write_split(features, "val", {"cat a": 10, "dog": 10, "car": 10, "bird": 5}, rng)
-    (features / "meta.json").write_text(
-        json.dumps({"backbone": "resnet18", "weights": "none", "layer": "layer4", "channels": IN_DIM})
+    train_vectors, train_objects = split_columns(
+        "train", {"cat a": 40, "dog": 40, "car": 40, "bird": 20, "rare": 3}, rng
     )
-    pq.write_table(
-        pa.table(
-            {
-                "category": list(CATEGORIES),
-                "tokens": [t for t, _ in CATEGORIES.values()],
-                "role": [r for _, r in CATEGORIES.values()],
-            }
-        ),
-        annotations / "categories.parquet",
+    val_vectors, val_objects = split_columns("val", {"cat a": 10, "dog": 10, "car": 10, "bird": 5}, rng)
+    features = write_feature_cache(
+        root / "features",
+        train_vectors=train_vectors,
+        train_objects=train_objects,
+        val_vectors=val_vectors,
+        val_objects=val_objects,
+        meta={"backbone": "resnet18", "weights": "none", "layer": "layer4"},
     )
-    vectors = rng.normal(size=(len(WORDS) + 2, 8)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    np.save(glove / "vectors.npy", vectors)
-    pq.write_table(pa.table({"word": WORDS + ["the", "of"]}), glove / "vocab.parquet")
+    annotations = write_annotation_tables(
+        root / "annotations",
+        images=[],
+        objects=[],
+        categories=[
+            category_row(category, tokens, role=role, drop_reason=DROP_REASONS.get(category))
+            for category, (tokens, role) in CATEGORIES.items()
+        ],
+    )
+    glove = write_glove_store(
+        root / "glove", WORDS + ["the", "of"], rng.normal(size=(len(WORDS) + 2, 8)).astype(np.float32)
+    )
     return {"features": features, "annotations": annotations, "glove": glove}
 
 
@@ -96,6 +98,7 @@ TARGET = {
 }
 BACKBONE = {"name": "resnet18", "weights": "target", "layer": "layer4", "num_classes": None}
 TRANSFORM = {"resize": 73, "crop": 64}
+WHOLE_IMAGE = (0.0, 0.0, 96.0, 80.0)  # x, y, w, h: the labels of an image are its objects' categories
 # The params sections the `target` stage reads.
 TARGET_PARAMS = {"dataset": "demo", "backbone": BACKBONE, "target": TARGET, "transform": TRANSFORM}
 
@@ -129,20 +132,14 @@ def write_tiny_dataset(root: Path) -> Path:
         elif status == "ok":
             size = (80, 96) if image_id % 2 else (96, 80)
             Image.fromarray(_draw(rng, labels, size)).save(root / "raw" / "demo" / path, quality=95)
-        image_rows.append(
-            {"image_id": image_id, "path": path, "width": 96, "height": 80, "split": split, "status": status}
-        )
-        object_rows += [{"image_id": image_id, "category": c} for c in sorted(labels)]
-    object_rows.append({"image_id": 0, "category": "dropped thing"})
-    annotations = root / "annotations"
-    annotations.mkdir()
-    pq.write_table(pa.Table.from_pylist(image_rows), annotations / "images.parquet")
-    pq.write_table(pa.Table.from_pylist(object_rows), annotations / "objects.parquet")
-    pq.write_table(
-        pa.Table.from_pylist(
-            [{"category": c, "role": r} for c, r in zip(TARGET_CATEGORIES, ["seen", "unseen", "seen"], strict=True)]
-            + [{"category": "dropped thing", "role": "dropped"}]
-        ),
-        annotations / "categories.parquet",
+        image_rows.append(image_row(image_id, width=96, height=80, split=split, status=status, path=path))
+        object_rows += [boxes_object(len(object_rows), image_id, c, WHOLE_IMAGE) for c in sorted(labels)]
+    object_rows.append(boxes_object(len(object_rows), 0, "dropped thing", WHOLE_IMAGE))
+    write_annotation_tables(
+        root / "annotations",
+        images=image_rows,
+        objects=object_rows,
+        categories=[category_row(c, role=r) for c, r in zip(TARGET_CATEGORIES, ["seen", "unseen", "seen"], strict=True)]
+        + [category_row("dropped thing", role="dropped", drop_reason=DROP_REASONS["dropped thing"])],
     )
     return root

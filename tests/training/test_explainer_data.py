@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
+from lavise.features.cache import open_feature_cache
 from lavise.training.explainer_data import (
     Split,
     batch_bounds,
@@ -32,10 +32,11 @@ def test_classes_are_sorted_seen_tokens_with_positives(tiny_cache: dict[str, Pat
 
 
 def test_unseen_and_dropped_objects_are_excluded_and_counted(tiny_cache: dict[str, Path]) -> None:
-    split = load_split(tiny_cache["features"], "train", load_classes(tiny_cache["annotations"]))
+    cache = open_feature_cache(tiny_cache["features"])
+    split = load_split(cache, "train", load_classes(tiny_cache["annotations"]))
     assert split.rows.size == 118
     assert split.n_excluded == {"outside_crop": 2, "unseen": 20, "dropped": 3}
-    categories = pq.read_table(tiny_cache["features"] / "train_objects.parquet").column("category").to_pylist()
+    categories = cache.train_objects["category"].tolist()
     assert all(categories[r] in ("cat a", "dog", "car") for r in split.rows)
 
 
@@ -45,18 +46,15 @@ def test_class_vectors_are_unit_length(tiny_cache: dict[str, Path]) -> None:
     torch.testing.assert_close(vectors.norm(dim=1), torch.ones(2))
 
 
-def test_feature_dim_checks_sizes_and_channels() -> None:
+def test_feature_dim_is_the_columns_and_needs_two_samples_per_split() -> None:
+    """The columns' agreement with meta.json is the cache reader's check (tests/stages/test_train_stage.py)."""
+
     def split(n: int, d: int) -> Split:
         return Split(np.zeros((n, d), dtype=np.float16), np.arange(n), np.zeros(n, dtype=np.int64), {})
 
-    assert feature_dim(split(3, 6), split(2, 6), 6) == 6
-    assert feature_dim(split(3, 6), split(2, 6), None) == 6
+    assert feature_dim(split(3, 6), split(2, 6)) == 6
     with pytest.raises(ValueError, match="val split has 1 objects"):
-        feature_dim(split(3, 6), split(1, 6), 6)
-    with pytest.raises(ValueError, match="meta.json channels=5"):
-        feature_dim(split(3, 6), split(2, 6), 5)
-    with pytest.raises(ValueError, match="val_vectors has 4 columns"):
-        feature_dim(split(3, 6), split(2, 4), None)
+        feature_dim(split(3, 6), split(1, 6))
 
 
 def test_batch_bounds_cover_everything_without_singletons() -> None:

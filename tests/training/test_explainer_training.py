@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lavise.features.cache import open_feature_cache
 from lavise.models.explainer import Explainer, cosine_scores, hinge_rank_loss
 from lavise.training.explainer import (
     EarlyStopping,
@@ -94,8 +95,9 @@ def test_check_settings_rejects_what_the_loop_cannot_run() -> None:
 def test_train_explainer_returns_the_best_epoch_on_the_cpu(tiny_cache: dict[str, Path]) -> None:
     classes = load_classes(tiny_cache["annotations"])
     class_vectors = load_class_vectors(tiny_cache["glove"], classes.tokens)
-    train = load_split(tiny_cache["features"], "train", classes)
-    val = load_split(tiny_cache["features"], "val", classes)
+    cache = open_feature_cache(tiny_cache["features"])
+    train = load_split(cache, "train", classes)
+    val = load_split(cache, "val", classes)
     first = train_explainer(train, val, class_vectors, classes.positives, **SETTINGS)
     second = train_explainer(train, val, class_vectors, classes.positives, **SETTINGS)
     assert first.history == second.history and len(first.history) == 3

@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from lavise.features.cache import open_feature_cache
 from lavise.models.explainer import load_explainer
 from lavise.training.explainer import validate
 from lavise.training.explainer_data import load_class_vectors, load_classes, load_split
 from stages.train import run_train
+from tests.writers.cache import write_feature_cache
 
 
 def run_training(cache: dict[str, Path], out: Path, **overrides: Any) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def test_training_separates_clusters_and_keeps_best_val_loss(
     assert config["best_epoch"] == best_epoch
     classes = load_classes(tiny_cache["annotations"])
     class_vectors = load_class_vectors(tiny_cache["glove"], classes.tokens)
-    val = load_split(tiny_cache["features"], "val", classes)
+    val = load_split(open_feature_cache(tiny_cache["features"]), "val", classes)
     val_loss, top1, _ = validate(
         model, val, class_vectors, classes.positives, margin=1.0, batch_size=7, device=torch.device("cpu")
     )
@@ -137,13 +137,35 @@ def test_bad_settings_and_inputs_fail_clearly(tiny_cache: dict[str, Path], tmp_p
         run_training(tiny_cache, tmp_path, optimizer="sgd")
     with pytest.raises(ValueError, match="batch_size"):
         run_training(tiny_cache, tmp_path, batch_size=1)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for name in ("meta.json", "train_vectors.npy", "val_vectors.npy", "val_objects.parquet"):
-        (bad / name).write_bytes((tiny_cache["features"] / name).read_bytes())
-    objects = pq.read_table(tiny_cache["features"] / "train_objects.parquet").to_pydict()
-    objects["category"][0] = "unicorn"
-    pq.write_table(pa.table(objects), bad / "train_objects.parquet")
+    cache = open_feature_cache(tiny_cache["features"])
+    objects = cache.train_objects.copy()
+    objects.loc[0, "category"] = "unicorn"
+    bad = write_feature_cache(
+        tmp_path / "bad",
+        train_vectors=cache.train_vectors,
+        train_objects=objects,
+        val_vectors=cache.val_vectors,
+        val_objects=cache.val_objects,
+        meta=cache.meta,
+    )
     with pytest.raises(ValueError, match="unicorn"):
         run_training({**tiny_cache, "features": bad}, tmp_path)
     assert not (tmp_path / "explainer").exists()  # nothing written before the inputs are checked
+
+
+def test_vectors_of_another_width_than_meta_channels_are_rejected(tiny_cache: dict[str, Path], tmp_path: Path) -> None:
+    """The stage reads the cache through its reader, whose checks guard the explainer's input size."""
+    narrow_maps = write_feature_cache(
+        tmp_path / "narrow_maps",
+        val_maps=np.zeros((0, 5, 1, 1)),
+        train_vectors=np.zeros((3, 6)),
+        val_vectors=np.zeros((2, 5)),
+    )
+    with pytest.raises(ValueError, match="meta.json channels=5"):
+        run_training({**tiny_cache, "features": narrow_maps}, tmp_path)
+    narrow_val = write_feature_cache(
+        tmp_path / "narrow_val", train_vectors=np.zeros((3, 6)), val_vectors=np.zeros((2, 4))
+    )
+    with pytest.raises(ValueError, match="val_vectors.npy has 4 columns"):
+        run_training({**tiny_cache, "features": narrow_val}, tmp_path)
+    assert not (tmp_path / "explainer").exists()
