@@ -137,6 +137,9 @@ SCHEMA: dict[str, Any] = {
         "layer": text(),
         "num_classes": integer(1, nullable=True),
     },
+    "images": {
+        "max_pixels": integer(1),
+    },
     "transform": {
         "resize": integer(16),
         "crop": integer(16),
@@ -167,6 +170,7 @@ SCHEMA: dict[str, Any] = {
         "lr": number(0.0, 100.0, open_low=True),
         "batch_size": integer(2),  # BatchNorm needs two samples
         "epochs": integer(1),
+        "holdout_fraction": number(0.0, 1.0, open_low=True, open_high=True),
         "patience": integer(1),
         "lr_patience": integer(0),
         "seed": integer(0),
