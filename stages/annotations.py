@@ -19,8 +19,9 @@ from lavise.data.coco import parse_coco
 from lavise.data.embeddings import WordEmbeddings
 from lavise.data.visual_genome import parse_visual_genome
 from lavise.data.wordnet import load_wordnet
-from lavise.io import write_json
+from lavise.io import atomic_dir, write_json
 from lavise.options import DATASETS
+from lavise.outputs import output_set_id, with_set_id
 from stages.cli import run_stage, start_stage
 
 log = logging.getLogger("stages.annotations")
@@ -59,11 +60,25 @@ def finish(
 
 
 def write_outputs(
-    dataset: str, tables: dict[str, pa.Table], statistics: dict[str, Any], out_dir: Path, stats_path: Path
+    dataset: str,
+    tables: dict[str, pa.Table],
+    statistics: dict[str, Any],
+    settings: dict[str, Any],
+    out_dir: Path,
+    stats_path: Path,
 ) -> dict[str, Any]:
-    """Write the tables, then the statistics JSON (with the dataset's name); return the statistics."""
+    """The tables as one set, then the statistics JSON (with the dataset's name); returns the statistics.
+
+    All or nothing: the old statistics go first, the table directory is replaced in one rename,
+    and every table carries the id of this run's set (``settings`` and the statistics), so a
+    consumer refuses tables of two runs. An interrupted run leaves the old tables and no
+    statistics, which DVC reports as a stage to run again.
+    """
     statistics = {"dataset": dataset, **statistics}
-    write_tables(tables, out_dir)
+    set_id = output_set_id(dataset, settings, statistics)
+    Path(stats_path).unlink(missing_ok=True)
+    with atomic_dir(out_dir) as staging:
+        write_tables({name: with_set_id(table, set_id) for name, table in tables.items()}, staging)
     write_json(stats_path, statistics)
     log.info(
         "%s: %d -> %d images, %d -> %d categories, %d objects; rejected %s",
@@ -80,7 +95,9 @@ def write_outputs(
 
 def main() -> None:
     """Read ``dataset`` and ``annotations.*``; parse, finish and write the tables."""
-    args, params = start_stage(__doc__, raw="data/raw", out="data/annotations", stats="metrics/annotations.json")
+    args, params = start_stage(
+        __doc__, outputs=("out", "stats"), raw="data/raw", out="data/annotations", stats="metrics/annotations.json"
+    )
     dataset = params["dataset"]
     raw_dir = args.raw / dataset
     parsed = parse(
@@ -91,7 +108,7 @@ def main() -> None:
         coco_crowd=params["annotations"]["coco_crowd"],
     )
     tables, statistics = finish(dataset, parsed, raw_dir, params["annotations"])
-    write_outputs(dataset, tables, statistics, args.out, args.stats)
+    write_outputs(dataset, tables, statistics, params["annotations"], args.out, args.stats)
 
 
 if __name__ == "__main__":

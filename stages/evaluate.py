@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lavise.data.embeddings import WordEmbeddings
-from lavise.data.images import decode_image
+from lavise.data.images import UnreadableImage, read_image
 from lavise.data.transforms import preprocess
 from lavise.data.vocabulary import Categories, Vocabulary, load_categories, load_vocabulary
 from lavise.devices import resolve_device
@@ -36,19 +36,21 @@ from lavise.explain.stream import stream_maps
 from lavise.explain.words import filter_explanations, image_weights, method_words
 from lavise.features.cache import FeatureCache, open_feature_cache
 from lavise.features.thresholds import TopImagePairs, filter_thresholds, top_images
-from lavise.io import write_json
+from lavise.io import atomic_dir, write_json
 from lavise.metrics.ground_truth import GroundTruthConsumer, ObjectMasks
 from lavise.metrics.netdissect import NETDISSECT, NetDissectResult, netdissect_metrics
 from lavise.metrics.recall import TruthTokens, truth_tokens, word_recall_metrics
 from lavise.models.checkpoints import resolve_weights
 from lavise.models.explainer import load_explainer
 from lavise.models.extractor import build_feature_extractor
+from lavise.outputs import check_one_set
 from stages.backbone_params import validate_backbone
 from stages.cli import run_stage, start_stage
 
 log = logging.getLogger("stages.evaluate")
 
 OBJECT_COLUMNS = ["object_id", "image_id", "category", "kind", "rle", "boxes"]
+ANNOTATION_TABLES = ("images", "objects", "categories")
 
 
 @dataclass(frozen=True)
@@ -124,14 +126,19 @@ def open_cache(directory: Path) -> FeatureCache:
 
 
 def choose_filters(settings: Mapping[str, Any], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """`evaluate.filters` ``[F]``, and which of them `evaluate.image_masking_filters` also names."""
+    """`evaluate.filters` ``[F]``, and which of them `evaluate.image_masking_filters` also names;
+    `evaluate.heatmap_filters` is checked against the layer here too, before any work."""
     filters = resolve_filters(settings["filters"], n_channels, "evaluate.filters")
     masking = resolve_filters(settings["image_masking_filters"], n_channels, "evaluate.image_masking_filters")
+    if settings["heatmap_filters"]:
+        resolve_filters(settings["heatmap_filters"], n_channels, "evaluate.heatmap_filters")
     return filters, np.isin(filters, masking)
 
 
 def load_annotations(directory: Path, image_ids: np.ndarray) -> Annotations:
-    """images, categories and objects tables; every evaluation image must be in the images table."""
+    """images, categories and objects tables, of one annotations run; every evaluation image must be
+    in the images table."""
+    check_one_set(directory, ANNOTATION_TABLES, "annotations")
     images = pq.read_table(directory / "images.parquet").to_pandas().set_index("image_id")
     missing = np.setdiff1d(image_ids, images.index.to_numpy())
     if len(missing):
@@ -192,7 +199,10 @@ def cnn_inputs(
     resize, crop = geometry
 
     def load_image(row: int) -> torch.Tensor:
-        return preprocess(decode_image(image_path(row)), resize, crop)
+        image = read_image(image_path(row))
+        if isinstance(image, UnreadableImage):  # it had maps: the file changed after `features` ran
+            raise ValueError(f"{image}; the image changed since the features stage read it: run features again")
+        return preprocess(image, resize, crop)
 
     return CnnInputs(extractor, cnn_filters, load_image)
 
@@ -308,21 +318,41 @@ def write_outputs(
     settings: Mapping[str, Any],
     geometry: tuple[int, int],
 ) -> None:
-    """explanations.{parquet,csv}, filters.parquet, the metrics and one heatmap per requested filter."""
+    """explanations.{parquet,csv}, filters.parquet, one heatmap per requested filter, then the metrics.
+
+    All or nothing: the old metrics go first, the heatmaps are replaced as one directory, and the
+    metrics are written last, so an interrupted run leaves no metrics file beside a partial set
+    (DVC then reports the stage as one to run again).
+    """
     metrics, rows, netdissect = results
     image_ids, names = inputs.image_ids, inputs.annotations.categories.names
     top_image_ids = [image_ids[top[top >= 0]].tolist() for top in selection.top_rows]
     labels = [names[label] if label >= 0 else None for label in netdissect.labels]
+    paths.metrics.unlink(missing_ok=True)
     write_tables(paths.results, rows, top_image_ids, labels, netdissect.label_iou, s_values(settings))
+    with atomic_dir(paths.results / "heatmaps") as staging:
+        write_sheets(staging, paths, inputs, selection, rows, settings, geometry)
     write_json(paths.metrics, metrics)
+
+
+def write_sheets(
+    out_dir: Path,
+    paths: Paths,
+    inputs: Inputs,
+    selection: Selection,
+    rows: ResultRows,
+    settings: Mapping[str, Any],
+    geometry: tuple[int, int],
+) -> None:
+    """One heatmap sheet per requested (and evaluated) filter into ``out_dir``."""
     write_heatmaps(
-        paths.results / "heatmaps",
+        out_dir,
         settings["heatmap_filters"],
         inputs.filters,
         selection.thresholds,
         selection.top_rows,
         inputs.cache.val_maps,
-        image_ids,
+        inputs.image_ids,
         lambda row: image_file(paths, inputs, row),
         rows.words_by_filter(),
         geometry,
@@ -356,6 +386,7 @@ def main() -> None:
     args, params = start_stage(
         __doc__,
         checks=(validate_backbone,),
+        outputs=("metrics", "results"),
         features="data/features",
         annotations="data/annotations",
         explainer="models/explainer",

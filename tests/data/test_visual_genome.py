@@ -231,8 +231,11 @@ def test_annotations_stage_steps_real_path(tmp_path: Path, wordnet_root: Path) -
         "seed": 0,
     }
     tables, statistics = stage.finish("vg", parsed, raw, section)
-    stats = stage.write_outputs("vg", tables, statistics, out, stats_path)
+    stats = stage.write_outputs("vg", tables, statistics, section, out, stats_path)
     assert json.loads(stats_path.read_text()) == stats
+    from lavise.outputs import check_one_set
+
+    assert check_one_set(out, ["images", "objects", "categories", "rejected"], "annotations") is not None
     schemas = {
         "images": IMAGES_SCHEMA,
         "objects": OBJECTS_SCHEMA,
