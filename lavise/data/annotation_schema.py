@@ -61,6 +61,10 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
 
 # The one drop reason both parsers assign (a category none of whose token sets is in GloVe).
 NOT_IN_EMBEDDING = "not_in_embedding"
+# Record rejection reasons both parsers assign: the record's image id is absent, not a JSON integer
+# or not among the images; its image has a missing, non-integer or non-positive width or height.
+UNKNOWN_IMAGE = "unknown_image"
+INVALID_IMAGE_SIZE = "invalid_image_size"
 
 
 @dataclass

@@ -14,14 +14,32 @@ Decisions (docs/PROTOCOL.md; shared filtering in `lavise.data.annotation_tables`
 - All instances of one category in one image are merged into ONE object (the paper's rule, as
   for VG): the mask is the union (``pycocotools.mask.merge``), stored as a compressed RLE
   counts string, ``area`` its pixel count, ``n_instances`` and the annotation ids kept.
-- Rejected annotations: ``unknown_image`` (image id not in the file's images),
-  ``unknown_category``, ``crowd`` (exclude mode), ``invalid_segmentation`` (pycocotools cannot
-  build a mask from it); merged masks with no pixel become ``empty_mask`` downstream.
+- Ids are JSON integers (`lavise.data.raw_json.json_id`): never ``int()`` of ``1.7``, ``"3"`` or
+  ``true``. An image or category entry with another id, or an image without a plain file name, is
+  an error naming the file and the entry (the tables would be wrong, not just smaller).
+- Rejected annotations, first matching reason wins: ``invalid_annotation_id`` (absent or not a
+  JSON integer; stored with source id -1), ``duplicate_annotation_id`` (an id seen earlier in
+  train2017 then val2017), ``unknown_image`` (image id absent, not an integer, or not in the
+  images), ``invalid_image_size`` (its image's width or height is not a positive integer),
+  ``unknown_category``, ``crowd`` (exclude mode), then the geometry: ``invalid_polygon``,
+  ``invalid_rle``, ``invalid_segmentation`` (neither a polygon list nor an RLE). Merged masks
+  with no pixel become ``empty_mask`` downstream.
+- The geometry is checked before pycocotools sees it, because pycocotools trusts it: it
+  rasterises a polygon on a buffer that grows with its coordinates' range and boundary length
+  (a ``null`` becomes NaN, then a huge integer: tens of GB or a segfault) and decodes RLE runs
+  past the mask's end. A polygon part is a list of at least 3 x, y points (even length >= 6) of
+  JSON numbers, with ``x`` in ``[-W, 2W]`` and ``y`` in ``[-H, 2H]`` of its W x H image (COCO's
+  own polygons overshoot the border by a pixel or so), and the annotation's boundary (the sum
+  over edges of ``max(|dx|, |dy|)``) is at most ``MAX_BOUNDARY_PER_SIDE`` x (W + H) pixels, which
+  keeps pycocotools under a few MB per annotation. An RLE's ``size`` must be the image's
+  ``[H, W]`` and its runs (a list of non-negative integers, or a compressed counts string,
+  `lavise.data.masks.rle_runs`) must cover exactly H x W pixels.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Container, Sequence
 from pathlib import Path
@@ -33,17 +51,34 @@ import pyarrow as pa
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from lavise.data.annotation_schema import NOT_IN_EMBEDDING, PARSED_OBJECTS_SCHEMA, ParsedAnnotations, rejected_frame
-from lavise.data.raw_json import read_dataset_json
+from lavise.data.annotation_schema import (
+    INVALID_IMAGE_SIZE,
+    NOT_IN_EMBEDDING,
+    PARSED_OBJECTS_SCHEMA,
+    UNKNOWN_IMAGE,
+    ParsedAnnotations,
+    rejected_frame,
+)
+from lavise.data.masks import rle_runs
+from lavise.data.raw_json import json_id, json_size, read_dataset_json
 from lavise.options import COCO_CROWD
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-UNKNOWN_IMAGE = "unknown_image"
+INVALID_ANNOTATION_ID = "invalid_annotation_id"
+DUPLICATE_ANNOTATION_ID = "duplicate_annotation_id"
 UNKNOWN_CATEGORY = "unknown_category"
 CROWD = "crowd"
+INVALID_POLYGON = "invalid_polygon"
+INVALID_RLE = "invalid_rle"
 INVALID_SEGMENTATION = "invalid_segmentation"
+# A polygon's coordinates may lie up to one image size outside the image on either side.
+POLYGON_MARGIN = 1.0
+# An annotation's polygon boundary may be at most this many times the image's W + H long.
+MAX_BOUNDARY_PER_SIDE = 100
+FIX_FILE = "fix the file or download it again"
+_NUMBER_TYPES = frozenset({int, float})  # JSON numbers; bool is not one
 
 
 def category_tokens(names: Sequence[str]) -> dict[str, list[str]]:
@@ -51,46 +86,185 @@ def category_tokens(names: Sequence[str]) -> dict[str, list[str]]:
     return {name: name.split() for name in names}
 
 
+def _boundary_length(polygon: list[int | float]) -> float:
+    """Sum over the closed polygon's edges of ``max(|dx|, |dy|)``: the points pycocotools rasterises / 5."""
+    x, y = np.asarray(polygon, dtype=np.float64).reshape(-1, 2).T
+    return float(np.maximum(np.abs(x - np.roll(x, 1)), np.abs(y - np.roll(y, 1))).sum())
+
+
+def _part_problem(polygon: Any, height: int, width: int) -> tuple[str | None, float]:
+    """Why one polygon part is unusable (None when it is fine), and a bound on its boundary length."""
+    if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+        return "a polygon part is not a list of at least 3 x, y points", 0.0
+    if not set(map(type, polygon)) <= _NUMBER_TYPES:
+        return "a polygon coordinate is not a number", 0.0
+    try:
+        finite = math.isfinite(sum(polygon))
+    except OverflowError:  # an integer beyond float range
+        finite = False
+    if not finite:
+        return "a polygon coordinate is not finite or out of range", 0.0
+    xs, ys = polygon[0::2], polygon[1::2]
+    x_low, x_high, y_low, y_high = min(xs), max(xs), min(ys), max(ys)
+    if x_low < -POLYGON_MARGIN * width or x_high > (1 + POLYGON_MARGIN) * width:
+        return f"a polygon x lies outside [-W, 2W] of the {width}-pixel-wide image", 0.0
+    if y_low < -POLYGON_MARGIN * height or y_high > (1 + POLYGON_MARGIN) * height:
+        return f"a polygon y lies outside [-H, 2H] of the {height}-pixel-high image", 0.0
+    return None, len(xs) * max(x_high - x_low, y_high - y_low)  # each edge is at most the larger extent
+
+
+def polygon_problem(polygons: list[Any], height: int, width: int) -> str | None:
+    """Why a polygon list is unsafe to rasterise (module docstring), None when it is fine."""
+    if not polygons:
+        return "no polygon"
+    bound = 0.0
+    for polygon in polygons:
+        problem, part_bound = _part_problem(polygon, height, width)
+        if problem is not None:
+            return problem
+        bound += part_bound
+    limit = MAX_BOUNDARY_PER_SIDE * (width + height)
+    if bound > limit:  # the cheap bound is not enough: measure (rare for real polygons)
+        boundary = sum(_boundary_length(polygon) for polygon in polygons)
+        if boundary > limit:
+            return f"the polygon boundary is {boundary:.0f} px, over {MAX_BOUNDARY_PER_SIDE} x (W + H) = {limit}"
+    return None
+
+
+def rle_problem(rle: dict[str, Any], height: int, width: int) -> str | None:
+    """Why an RLE does not describe exactly this image's pixels (module docstring), None when it does."""
+    size = rle.get("size")
+    if not (isinstance(size, list) and all(type(side) is int for side in size) and size == [height, width]):
+        return f"size {size!r} is not the image's [{height}, {width}]"
+    counts = rle.get("counts")
+    if isinstance(counts, list):
+        if not all(type(run) is int and run >= 0 for run in counts):
+            return "the counts are not non-negative integers"
+        total = sum(counts)
+    elif isinstance(counts, str):
+        try:
+            total = sum(rle_runs(counts))
+        except ValueError as error:
+            return f"the counts string is no RLE: {error}"
+    else:
+        return f"counts of type {type(counts).__name__}"
+    if total != height * width:
+        return f"the runs cover {total} pixels, not the image's {height * width}"
+    return None
+
+
+class GeometryError(ValueError):
+    """An annotation's segmentation that is rejected, with its rejection reason."""
+
+    def __init__(self, reason: str, problem: str) -> None:
+        super().__init__(problem)
+        self.reason = reason
+
+
 def segmentation_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
-    """One annotation's segmentation (polygons, uncompressed or compressed RLE) as a compressed RLE."""
+    """One annotation's segmentation (polygons, uncompressed or compressed RLE) as a compressed RLE.
+
+    GeometryError (``invalid_polygon``, ``invalid_rle``, ``invalid_segmentation``) before
+    pycocotools sees anything it would misread.
+    """
     if isinstance(segmentation, list):
-        polygons = [polygon for polygon in segmentation if isinstance(polygon, list) and len(polygon) >= 6]
-        if not polygons:
-            raise ValueError("no polygon with at least 3 points")
-        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        problem = polygon_problem(segmentation, height, width)
+        if problem is not None:
+            raise GeometryError(INVALID_POLYGON, problem)
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     if isinstance(segmentation, dict) and "counts" in segmentation:
+        problem = rle_problem(segmentation, height, width)
+        if problem is not None:
+            raise GeometryError(INVALID_RLE, problem)
         if isinstance(segmentation["counts"], list):
             return mask_utils.frPyObjects(segmentation, height, width)
-        counts = segmentation["counts"]
-        return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+        return {"size": [height, width], "counts": segmentation["counts"].encode("ascii")}
+    raise GeometryError(INVALID_SEGMENTATION, f"unsupported segmentation of type {type(segmentation).__name__}")
 
 
-def _read_split(raw_dir: Path, split: str) -> tuple[pd.DataFrame, list[dict[str, Any]], list[dict[str, Any]]]:
-    """One split's images (as a frame), categories and annotations from its instances JSON."""
-    data = read_dataset_json(raw_dir / "annotations" / f"instances_{split}2017.json")
-    images = data.get("images") or []
-    frame = pd.DataFrame(
+def _entries(data: dict[str, Any], key: str, path: Path) -> list[dict[str, Any]]:
+    """``data[key]`` as a list of JSON objects ([] when absent); ValueError naming the file otherwise."""
+    entries = data.get(key)
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: {key!r} must be a JSON list, not {type(entries).__name__}; {FIX_FILE}")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: {key}[{index}] is not a JSON object; {FIX_FILE}")
+    return entries
+
+
+def _checked_ids(entries: list[dict[str, Any]], key: str, path: Path) -> list[int]:
+    """Each entry's ``id``; ValueError naming the first one that is not a JSON integer."""
+    ids = [json_id(entry.get("id")) for entry in entries]
+    if None in ids:
+        index = ids.index(None)
+        raise ValueError(
+            f"{path}: {key}[{index}] has id {entries[index].get('id')!r}; ids must be non-negative JSON integers: "
+            f"{FIX_FILE}"
+        )
+    return ids  # type: ignore[return-value]  # no None left
+
+
+def _check_file_names(images: list[dict[str, Any]], path: Path) -> None:
+    """Every image names a plain file (no folder, no ``..``): its path is joined to the raw folder."""
+    for index, image in enumerate(images):
+        name = image.get("file_name")
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise ValueError(f"{path}: images[{index}] has file_name {name!r}, not a plain file name; {FIX_FILE}")
+
+
+def _image_frame(images: list[dict[str, Any]], split: str, path: Path) -> pd.DataFrame:
+    """One split's images: id, path, and the size (0 where not a positive JSON integer)."""
+    image_ids = _checked_ids(images, "images", path)
+    _check_file_names(images, path)
+    return pd.DataFrame(
         {
-            "image_id": np.array([int(image["id"]) for image in images], dtype=np.int64),
+            "image_id": np.array(image_ids, dtype=np.int64),
             "path": [f"{split}2017/{image['file_name']}" for image in images],
-            "width": np.array([int(image.get("width") or 0) for image in images], dtype=np.int32),
-            "height": np.array([int(image.get("height") or 0) for image in images], dtype=np.int32),
+            "width": np.array([json_size(image.get("width")) for image in images], dtype=np.int32),
+            "height": np.array([json_size(image.get("height")) for image in images], dtype=np.int32),
             "split": split,
         }
     )
-    return frame, data.get("categories") or [], data.get("annotations") or []
+
+
+def _category_names(categories: list[dict[str, Any]], path: Path) -> dict[int, str]:
+    """Category id -> name; ValueError for an id that is no integer, a missing name, or one id, two names."""
+    names: dict[int, str] = {}
+    for index, (category_id, category) in enumerate(zip(_checked_ids(categories, "categories", path), categories)):
+        name = category.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{path}: categories[{index}] has name {name!r}; {FIX_FILE}")
+        if names.setdefault(category_id, name) != name:
+            raise ValueError(f"{path}: category id {category_id} is both {names[category_id]!r} and {name!r}")
+    return names
+
+
+def _read_split(raw_dir: Path, split: str) -> tuple[pd.DataFrame, dict[int, str], list[dict[str, Any]]]:
+    """One split's images (as a frame), category names and annotations from its instances JSON."""
+    path = raw_dir / "annotations" / f"instances_{split}2017.json"
+    data = read_dataset_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object (images, categories, annotations); {FIX_FILE}")
+    frame = _image_frame(_entries(data, "images", path), split, path)
+    return frame, _category_names(_entries(data, "categories", path), path), _entries(data, "annotations", path)
 
 
 def _read_splits(raw_dir: Path) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[int, str]]:
     """Both splits' images, annotations and category id -> name; an image id may occur once."""
     image_frames, annotations, category_names = [], [], {}
     for split in SPLITS:
-        frame, categories, split_annotations = _read_split(raw_dir, split)
+        frame, split_categories, split_annotations = _read_split(raw_dir, split)
         image_frames.append(frame)
         annotations.extend(split_annotations)
-        for category in categories:
-            category_names[int(category["id"])] = str(category["name"])
+        for category_id, name in split_categories.items():
+            if category_names.setdefault(category_id, name) != name:
+                raise ValueError(
+                    f"category id {category_id} is {category_names[category_id]!r} in one split and {name!r} "
+                    f"in the other ({raw_dir / 'annotations'}); {FIX_FILE}"
+                )
     images = pd.concat(image_frames, ignore_index=True)
     duplicated = images["image_id"].duplicated()
     if duplicated.any():
@@ -98,27 +272,43 @@ def _read_splits(raw_dir: Path) -> tuple[pd.DataFrame, list[dict[str, Any]], dic
     return images, annotations, category_names
 
 
-def _rejection_or_rle(
-    annotation: dict[str, Any],
-    annotation_id: int,
-    image_id: int,
-    sizes: dict[int, tuple[int, int]],
-    category_names: dict[int, str],
-    crowd: str,
-) -> tuple[str | None, dict[str, Any] | None]:
-    """``(reason, None)`` for a rejected annotation, else ``(None, its compressed RLE)``."""
-    if image_id not in sizes or min(sizes[image_id]) <= 0:
-        return UNKNOWN_IMAGE, None
-    if annotation.get("category_id") not in category_names:
-        return UNKNOWN_CATEGORY, None
-    if annotation.get("iscrowd", 0) and crowd == "exclude":
-        return CROWD, None
-    height, width = sizes[image_id]
-    try:
-        return None, segmentation_rle(annotation.get("segmentation"), height, width)
-    except (ValueError, TypeError, KeyError, IndexError) as error:
-        log.debug("annotation %d: %s", annotation_id, error)
-        return INVALID_SEGMENTATION, None
+class _Checker:
+    """The record checks of one parse (module docstring order), remembering the annotation ids seen."""
+
+    def __init__(self, sizes: dict[int, tuple[int, int]], category_names: dict[int, str], crowd: str) -> None:
+        self.sizes, self.category_names, self.crowd = sizes, category_names, crowd
+        self.seen_ids: set[int] = set()
+
+    def record_reason(self, annotation: dict[str, Any], annotation_id: int | None, image_id: int | None) -> str | None:
+        """The first reason that rejects the record before its geometry, None when there is none."""
+        if annotation_id is None:
+            return INVALID_ANNOTATION_ID
+        if annotation_id in self.seen_ids:
+            return DUPLICATE_ANNOTATION_ID
+        self.seen_ids.add(annotation_id)
+        if image_id not in self.sizes:
+            return UNKNOWN_IMAGE
+        if min(self.sizes[image_id]) <= 0:
+            return INVALID_IMAGE_SIZE
+        if json_id(annotation.get("category_id")) not in self.category_names:
+            return UNKNOWN_CATEGORY
+        if annotation.get("iscrowd", 0) and self.crowd == "exclude":
+            return CROWD
+        return None
+
+    def reason_or_rle(self, annotation: dict[str, Any]) -> tuple[int, int, str | None, dict[str, Any] | None]:
+        """The record's ids (-1 when invalid) and ``(reason, None)`` or ``(None, its compressed RLE)``."""
+        annotation_id, image_id = json_id(annotation.get("id")), json_id(annotation.get("image_id"))
+        ids = (-1 if annotation_id is None else annotation_id, -1 if image_id is None else image_id)
+        reason = self.record_reason(annotation, annotation_id, image_id)
+        if reason is not None:
+            return *ids, reason, None
+        height, width = self.sizes[image_id]  # type: ignore[index]  # record_reason checked it
+        try:
+            return *ids, None, segmentation_rle(annotation.get("segmentation"), height, width)
+        except GeometryError as error:
+            log.debug("annotation %d: %s", ids[0], error)
+            return *ids, error.reason, None
 
 
 Groups = dict[tuple[int, str], list[tuple[int, dict[str, Any]]]]
@@ -128,12 +318,11 @@ def _group_annotations(
     annotations: list[dict[str, Any]], sizes: dict[int, tuple[int, int]], category_names: dict[int, str], crowd: str
 ) -> tuple[Groups, pd.DataFrame]:
     """(image id, category name) -> its (annotation id, RLE) members, and the rejected records."""
+    checker = _Checker(sizes, category_names, crowd)
     groups: Groups = {}
     rejected_ids, rejected_images, rejected_reasons = [], [], []
     for annotation in tqdm(annotations, desc="coco annotations", unit="ann", mininterval=2.0):
-        annotation_id = int(annotation.get("id", -1))
-        image_id = int(annotation.get("image_id", -1))
-        reason, rle = _rejection_or_rle(annotation, annotation_id, image_id, sizes, category_names, crowd)
+        annotation_id, image_id, reason, rle = checker.reason_or_rle(annotation)
         if reason is not None:
             rejected_ids.append(annotation_id)
             rejected_images.append(image_id)
@@ -204,5 +393,9 @@ def parse_coco(raw_dir: Path, vocabulary: Container[str], *, crowd: str) -> Pars
         categories=_categories(names, tokens, vocabulary),
         rejected=rejected,
         n_records=len(annotations),
-        statistics={"before.crowd_annotations": n_crowd, "before.tokens": len({t for n in names for t in tokens[n]})},
+        statistics={
+            "before.crowd_annotations": n_crowd,
+            "before.tokens": len({t for n in names for t in tokens[n]}),
+            "before.images_with_invalid_size": int(((images["width"] <= 0) | (images["height"] <= 0)).sum()),
+        },
     )

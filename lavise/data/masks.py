@@ -56,6 +56,46 @@ def boxes_mask(boxes: Sequence[float] | np.ndarray, height: int, width: int) -> 
     return mask
 
 
+# pycocotools' compressed counts: each run length is a delta-coded signed number (from the 3rd run on,
+# relative to the run two back), written 5 bits per character from "0" (48) upward, 0x20 marking
+# "more characters follow" and 0x10 the sign in the last one. A uint32 needs at most 7 characters.
+_RLE_CHARACTERS = 64
+_RLE_MAX_CHARACTERS_PER_RUN = 7
+
+
+def rle_runs(counts: str) -> list[int]:
+    """The run lengths a compressed RLE counts string holds (pycocotools' ``rleFrString``), checked.
+
+    pycocotools reads past the end of a string whose last number is unfinished and turns a
+    negative run into a huge unsigned one, so a string from an untrusted file is decoded here
+    first: ValueError for a character outside the alphabet, an unfinished or overlong number, or a
+    run outside ``[0, 2**32)``.
+    """
+    runs: list[int] = []
+    value = characters = 0
+    for position, character in enumerate(counts):
+        code = ord(character) - 48
+        if not 0 <= code < _RLE_CHARACTERS:
+            raise ValueError(f"character {character!r} at {position} is not in the RLE alphabet '0'..'o'")
+        value |= (code & 0x1F) << (5 * characters)
+        characters += 1
+        if code & 0x20:
+            if characters >= _RLE_MAX_CHARACTERS_PER_RUN:
+                raise ValueError(f"run {len(runs)} is longer than {_RLE_MAX_CHARACTERS_PER_RUN} characters")
+            continue
+        if code & 0x10:
+            value |= -1 << (5 * characters)
+        if len(runs) > 2:
+            value += runs[-2]
+        if not 0 <= value < 2**32:
+            raise ValueError(f"run {len(runs)} has length {value}")
+        runs.append(value)
+        value = characters = 0
+    if characters:
+        raise ValueError("the string ends inside a run length")
+    return runs
+
+
 def rle_mask(rle: str | bytes, height: int, width: int) -> np.ndarray:
     """Decode a pycocotools compressed RLE counts string into a bool ``[height, width]`` mask."""
     counts = rle.encode("ascii") if isinstance(rle, str) else rle

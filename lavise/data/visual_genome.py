@@ -12,11 +12,22 @@ Decisions (docs/PROTOCOL.md; the shared filtering and splits are in `lavise.data
   names). So traffic_light.n.01 -> ["traffic", "light"] (its head lemma, as COCO names it),
   not "stoplight". A synset with no such lemma is dropped as ``not_in_embedding``. FACT2023 cut
   at the first "_" (traffic_light.n.01 -> "traffic"); we never do.
+- Ids and sizes are JSON integers (`lavise.data.raw_json.json_id`): never ``int()`` of ``1.7``,
+  ``"3"`` or ``true``. An image_data.json entry whose image id is not one, or that repeats one, is
+  an error naming the file and the entry; a width or height that is not a positive integer makes
+  the image's size invalid.
 - Boxes are clipped to the image (counted as ``clipped_boxes``); rejected records, first
-  matching reason wins: ``unknown_image`` (image id absent from image_data.json),
-  ``invalid_image_size`` (its image has a missing or non-positive size), ``no_synset``,
-  ``unknown_synset`` (not in WordNet 3.0),
+  matching reason wins: ``duplicate_image_entry`` (every object of an objects.json entry whose
+  image id an earlier entry has: the image's objects are not doubled), ``invalid_object_id``
+  (absent or not a JSON integer; stored with source id -1), ``duplicate_object_id`` (an id an
+  earlier object has; the first is kept), ``unknown_image`` (the entry's image id is absent, not
+  an integer, or not in image_data.json), ``invalid_image_size`` (its image has a missing or
+  invalid size), ``no_synset``, ``unknown_synset`` (not a WordNet 3.0 synset name, see below),
   ``degenerate_box`` (non-finite coordinates, or width or height <= 0 after clipping).
+- A synset string names a WordNet sense only in the form ``lemma.pos.NN`` (pos one of n v a s r,
+  NN a two-digit sense number from 01): NLTK resolves ``car.n.00`` to the last sense by list
+  indexing (``cable_car.n.01``) and ``car.n.-1`` to the one before (``car.n.04``). The synset
+  NLTK returns must have that lemma and part of speech, else ``unknown_synset``.
 - All instances of one category in one image become ONE object whose mask is the union of the
   clipped boxes (``lavise.data.masks`` rasterisation); ``area`` is that union's pixel count and
   ``source_ids`` the VG object ids, sorted.
@@ -30,6 +41,7 @@ and pyarrow columns: no per-object Python except the attribute extraction itself
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
@@ -40,44 +52,72 @@ import pyarrow as pa
 from nltk.corpus.reader.wordnet import WordNetError
 
 from lavise.data.annotation_schema import (
+    INVALID_IMAGE_SIZE,
     NOT_IN_EMBEDDING,
     PARSED_OBJECTS_SCHEMA,
+    UNKNOWN_IMAGE,
     ParsedAnnotations,
     rejected_frame,
 )
 from lavise.data.masks import box_pixel_bounds
-from lavise.data.raw_json import read_dataset_json
+from lavise.data.raw_json import json_id, json_size, read_dataset_json
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_IMAGE = "unknown_image"
-INVALID_IMAGE_SIZE = "invalid_image_size"
+DUPLICATE_IMAGE_ENTRY = "duplicate_image_entry"
+INVALID_OBJECT_ID = "invalid_object_id"
+DUPLICATE_OBJECT_ID = "duplicate_object_id"
 NO_SYNSET = "no_synset"
 UNKNOWN_SYNSET = "unknown_synset"
 DEGENERATE_BOX = "degenerate_box"
+SYNSET_NAME = re.compile(r"(?P<lemma>.+)\.(?P<pos>[nvasr])\.(?P<sense>[0-9]{2,})")
+FIX_FILE = "fix the file or download it again"
+_NUMBER_TYPES = frozenset({int, float})  # JSON numbers; bool is not one
 
 
 def _id(value: Any) -> int:
-    """An id as int, -1 when absent (then reported through the record's reason, never dropped)."""
-    return -1 if value is None else int(value)
+    """An id as int, -1 when absent or not a JSON integer (then rejected through the record's reason)."""
+    checked = json_id(value)
+    return -1 if checked is None else checked
+
+
+def _check_entries(entries: Any, source: str) -> None:
+    """``entries`` is a JSON list of JSON objects; ValueError naming the file and the entry otherwise."""
+    if not isinstance(entries, list):
+        raise ValueError(f"{source} must hold a JSON list of images; {FIX_FILE}")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{source}: entry {index} is not a JSON object; {FIX_FILE}")
 
 
 def _numbers(values: list[Any]) -> np.ndarray:
-    """Float64 column; absent or non-numeric entries become NaN (-> ``degenerate_box``)."""
-    try:
+    """Float64 column of JSON numbers; anything else (absent, a string, a bool) becomes NaN (-> ``degenerate_box``).
+
+    NumPy alone would read ``"3"`` as 3 and ``true`` as 1.
+    """
+    if set(map(type, values)) <= _NUMBER_TYPES:
         return np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
+    return np.array([value if type(value) in _NUMBER_TYPES else np.nan for value in values], dtype=np.float64)
 
 
-def image_table(image_data: list[dict[str, Any]]) -> pd.DataFrame:
-    """image_data.json entries -> image_id, path, width, height (split filled in later)."""
-    if not isinstance(image_data, list):
-        raise ValueError("image_data.json must hold a JSON list of images")
-    image_ids = np.array([_id(entry.get("image_id", entry.get("id"))) for entry in image_data], dtype=np.int64)
+def image_table(image_data: list[dict[str, Any]], source: str = "image_data.json") -> pd.DataFrame:
+    """image_data.json entries -> image_id, path, width, height (split filled in later).
+
+    ValueError naming ``source`` and the entry for an image id that is not a JSON integer or repeats.
+    """
+    _check_entries(image_data, source)
+    raw_ids = [entry.get("image_id", entry.get("id")) for entry in image_data]
+    checked = [json_id(value) for value in raw_ids]
+    if None in checked:
+        index = checked.index(None)
+        raise ValueError(
+            f"{source}: entry {index} has image_id {raw_ids[index]!r}; image ids must be non-negative JSON "
+            f"integers: {FIX_FILE}"
+        )
+    image_ids = np.array(checked, dtype=np.int64)
     if len(np.unique(image_ids)) != len(image_ids):
         duplicates = pd.Series(image_ids)[pd.Series(image_ids).duplicated()].unique()[:5].tolist()
-        raise ValueError(f"image_data.json repeats image ids, e.g. {duplicates}")
+        raise ValueError(f"{source} repeats image ids, e.g. {duplicates}; {FIX_FILE}")
     urls = [entry.get("url") for entry in image_data]
     paths = [
         f"images/{url.rsplit('/', 1)[-1]}" if isinstance(url, str) and url else f"images/{image_id}.jpg"
@@ -87,26 +127,60 @@ def image_table(image_data: list[dict[str, Any]]) -> pd.DataFrame:
         {
             "image_id": image_ids,
             "path": paths,
-            "width": _numbers([entry.get("width") for entry in image_data]),
-            "height": _numbers([entry.get("height") for entry in image_data]),
+            "width": np.array([json_size(entry.get("width")) for entry in image_data], dtype=np.int64),
+            "height": np.array([json_size(entry.get("height")) for entry in image_data], dtype=np.int64),
             "split": None,
         }
     )
 
 
-def flatten_objects(objects_json: list[dict[str, Any]]) -> pd.DataFrame:
-    """objects.json -> one row per object: source_id, image_id, x, y, w, h, synset, name."""
-    if not isinstance(objects_json, list):
-        raise ValueError("objects.json must hold a JSON list of images")
-    per_image = [entry.get("objects") or [] for entry in objects_json]
+def _entry_objects(objects_json: list[dict[str, Any]], source: str) -> list[list[dict[str, Any]]]:
+    """Each entry's object list ([] when absent); ValueError naming the entry when it is not one."""
+    per_image = []
+    for index, entry in enumerate(objects_json):
+        objects = entry.get("objects")
+        if objects is None:
+            objects = []
+        if not isinstance(objects, list):
+            raise ValueError(f"{source}: entry {index} has 'objects' that is not a list; {FIX_FILE}")
+        if not all(isinstance(obj, dict) for obj in objects):
+            raise ValueError(f"{source}: entry {index} holds an object that is not a JSON object; {FIX_FILE}")
+        per_image.append(objects)
+    return per_image
+
+
+def record_reasons(entry_ids: np.ndarray, counts: np.ndarray, source_ids: np.ndarray) -> np.ndarray:
+    """Per object the id-level rejection reason (module docstring order), None when there is none.
+
+    ``entry_ids``: each objects.json entry's image id (-1 when invalid), ``counts`` its object
+    count; ``source_ids``: each object's id (-1 when absent or invalid).
+    """
+    repeated_entry = pd.Series(entry_ids).duplicated().to_numpy() & (entry_ids >= 0)
+    reason = np.full(len(source_ids), None, dtype=object)
+    reason[np.repeat(repeated_entry, counts)] = DUPLICATE_IMAGE_ENTRY
+    reason[(reason == None) & (source_ids < 0)] = INVALID_OBJECT_ID  # noqa: E711 - elementwise on object array
+    candidates = np.flatnonzero(reason == None)  # noqa: E711
+    repeated_id = pd.Series(source_ids[candidates]).duplicated().to_numpy()
+    reason[candidates[repeated_id]] = DUPLICATE_OBJECT_ID
+    return reason
+
+
+def flatten_objects(objects_json: list[dict[str, Any]], source: str = "objects.json") -> pd.DataFrame:
+    """objects.json -> one row per object: source_id, image_id, x, y, w, h, synset, name, record_reason.
+
+    ``record_reason`` is the id-level rejection (:func:`record_reasons`) or None.
+    """
+    _check_entries(objects_json, source)
+    per_image = _entry_objects(objects_json, source)
     counts = np.fromiter((len(objects) for objects in per_image), dtype=np.int64, count=len(per_image))
     entry_ids = np.array([_id(entry.get("image_id", entry.get("id"))) for entry in objects_json], dtype=np.int64)
     flat = [obj for objects in per_image for obj in objects]
+    source_ids = np.array([_id(obj.get("object_id", obj.get("id"))) for obj in flat], dtype=np.int64)
     synsets = [s[0] if isinstance(s := obj.get("synsets"), list) and s else None for obj in flat]
     names = [n[0] if isinstance(n := obj.get("names"), list) and n else obj.get("name") for obj in flat]
     return pd.DataFrame(
         {
-            "source_id": np.array([_id(obj.get("object_id", obj.get("id"))) for obj in flat], dtype=np.int64),
+            "source_id": source_ids,
             "image_id": np.repeat(entry_ids, counts),
             "x": _numbers([obj.get("x") for obj in flat]),
             "y": _numbers([obj.get("y") for obj in flat]),
@@ -114,18 +188,41 @@ def flatten_objects(objects_json: list[dict[str, Any]]) -> pd.DataFrame:
             "h": _numbers([obj.get("h") for obj in flat]),
             "synset": pd.array(synsets, dtype=object),
             "name": pd.array(names, dtype=object),
+            "record_reason": record_reasons(entry_ids, counts, source_ids),
         }
     )
 
 
-def canonical_synsets(names: Iterable[str], wordnet: Any) -> dict[str, str | None]:
-    """Raw synset name -> WordNet's canonical name, or None when WordNet does not know it."""
-    canonical: dict[str, str | None] = {}
+def _synset_form(name: Any) -> tuple[str, str] | None:
+    """(lemma, pos) of a ``lemma.pos.NN`` synset string with NN >= 01 (lower-cased as NLTK does), else None."""
+    if not isinstance(name, str):
+        return None
+    match = SYNSET_NAME.fullmatch(name.lower())
+    if match is None or int(match["sense"]) < 1 or match["sense"] != f"{int(match['sense']):02d}":
+        return None
+    return match["lemma"], match["pos"]
+
+
+def canonical_synsets(names: Iterable[Any], wordnet: Any) -> dict[Any, str | None]:
+    """Raw synset name -> WordNet's canonical name, or None when it names no WordNet synset.
+
+    The form is checked before NLTK is asked (module docstring), and the synset NLTK returns must
+    carry the name's lemma and part of speech ("a" and satellite "s" count as one).
+    """
+    canonical: dict[Any, str | None] = {}
     for name in names:
+        form = _synset_form(name)
+        canonical[name] = None
+        if form is None:
+            continue
         try:
-            canonical[name] = wordnet.synset(name).name()
+            synset = wordnet.synset(name)
         except (WordNetError, ValueError, AttributeError, KeyError):
-            canonical[name] = None
+            continue
+        lemma, pos = form
+        same_pos = synset.pos() == pos or {synset.pos(), pos} == {"a", "s"}
+        if same_pos and lemma in (lemma_name.lower() for lemma_name in synset.lemma_names()):
+            canonical[name] = synset.name()
     return canonical
 
 
@@ -180,9 +277,9 @@ def union_box_areas(
 def _read(raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The image table and the flat object rows of ``raw_dir``'s two JSON files."""
     log.info("reading %s", raw_dir / "image_data.json")
-    images = image_table(read_dataset_json(raw_dir / "image_data.json"))
+    images = image_table(read_dataset_json(raw_dir / "image_data.json"), str(raw_dir / "image_data.json"))
     log.info("reading %s", raw_dir / "objects.json")
-    flat = flatten_objects(read_dataset_json(raw_dir / "objects.json"))
+    flat = flatten_objects(read_dataset_json(raw_dir / "objects.json"), str(raw_dir / "objects.json"))
     log.info("%d objects in %d image entries", len(flat), flat["image_id"].nunique())
     return images, flat
 
@@ -215,15 +312,23 @@ def _clip_boxes(flat: pd.DataFrame, width: np.ndarray, height: np.ndarray) -> tu
 
 
 def _rejection_reasons(
-    width: np.ndarray, height: np.ndarray, synset_raw: np.ndarray, synset: np.ndarray, degenerate: np.ndarray
+    record_reason: np.ndarray,
+    width: np.ndarray,
+    height: np.ndarray,
+    synset_raw: np.ndarray,
+    synset: np.ndarray,
+    degenerate: np.ndarray,
 ) -> np.ndarray:
     """Per object the first matching rejection reason (module docstring order), None when valid."""
-    reason = np.full(len(width), None, dtype=object)
-    reason[np.isnan(width)] = UNKNOWN_IMAGE
-    reason[(width == 0) | (height == 0)] = INVALID_IMAGE_SIZE
-    reason[(reason == None) & pd.isna(synset_raw)] = NO_SYNSET  # noqa: E711 - elementwise on object array
-    reason[(reason == None) & pd.isna(synset)] = UNKNOWN_SYNSET  # noqa: E711
-    reason[(reason == None) & degenerate] = DEGENERATE_BOX  # noqa: E711
+    reason = np.where(pd.isna(record_reason), None, record_reason).astype(object)
+    for rejected, name in (
+        (np.isnan(width), UNKNOWN_IMAGE),
+        ((width == 0) | (height == 0), INVALID_IMAGE_SIZE),
+        (pd.isna(synset_raw), NO_SYNSET),
+        (pd.isna(synset), UNKNOWN_SYNSET),
+        (degenerate, DEGENERATE_BOX),
+    ):
+        reason[(reason == None) & rejected] = name  # noqa: E711 - elementwise on object array
     return reason
 
 
@@ -287,7 +392,7 @@ def parse_visual_genome(raw_dir: Path, vocabulary: Container[str], wordnet: Any)
     synset_raw = flat["synset"].to_numpy(dtype=object)
     synset = _canonical_synset_column(synset_raw, wordnet)
     clipped_boxes, degenerate = _clip_boxes(flat, width, height)
-    reason = _rejection_reasons(width, height, synset_raw, synset, degenerate)
+    reason = _rejection_reasons(flat["record_reason"].to_numpy(), width, height, synset_raw, synset, degenerate)
     valid = reason == None  # noqa: E711
     original = flat[["x", "y", "w", "h"]].to_numpy()
     n_clipped = int((np.abs(clipped_boxes - original).max(axis=1)[valid] > 0).sum())

@@ -173,7 +173,7 @@ def test_instances_merge_into_one_union_rle(tmp_path: Path) -> None:
         3: "val2017/c.jpg",
     }
     rejected = dict(zip(parsed.rejected["source_id"], parsed.rejected["reason"]))
-    assert rejected == {103: "unknown_image", 104: "unknown_category", 105: "invalid_segmentation"}
+    assert rejected == {103: "unknown_image", 104: "unknown_category", 105: "invalid_polygon"}
     categories = parsed.categories.set_index("category")
     assert categories.loc["toothbrush", "drop_reason"] == "not_in_embedding"
     assert categories.loc["traffic light", "tokens"] == ["traffic", "light"]
@@ -185,7 +185,7 @@ def test_crowd_modes_and_all_records_accounted(tmp_path: Path, crowd: str) -> No
     parsed = parse_coco(raw, VOCABULARY, crowd=crowd)
     tables, stats = finish_tables(parsed, raw, min_images=None, val_fraction=None, seen_fraction=None, seed=0)
     reasons = stats["dropped"]["records_by_reason"]
-    expected = {"unknown_image": 1, "unknown_category": 1, "invalid_segmentation": 1, "not_in_embedding": 1}
+    expected = {"unknown_image": 1, "unknown_category": 1, "invalid_polygon": 1, "not_in_embedding": 1}
     if crowd == "exclude":
         expected["crowd"] = 1
     assert reasons == expected

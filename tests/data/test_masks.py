@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from pycocotools import mask as mask_utils
 
-from lavise.data.masks import box_pixel_bounds, image_object_masks, object_mask
+from lavise.data.masks import box_pixel_bounds, image_object_masks, object_mask, rle_runs
 
 
 def _encode(mask: np.ndarray) -> str:
@@ -83,3 +83,35 @@ def test_image_object_masks_keeps_row_order_and_nulls() -> None:
 def test_bad_geometry_raises_clear_error(kind: str, rle: str | None, boxes: list[float] | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         object_mask(kind, rle, boxes, 4, 4)
+
+
+def _runs(mask: np.ndarray) -> list[int]:
+    """Run lengths of a mask in column-major order, starting with a (possibly empty) run of zeros."""
+    flat = np.asfortranarray(mask).ravel(order="F").astype(np.int8)
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    return runs if flat[0] == 0 else [0, *runs]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rle_runs_decode_what_pycocotools_encodes(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(1, 300, size=2)
+    mask = rng.random((height, width)) < rng.uniform(0.01, 0.99)
+    mask[: rng.integers(0, height), : rng.integers(0, width)] = bool(seed % 2)  # long runs: multi-character numbers
+    runs = rle_runs(_encode(mask))
+    assert runs == _runs(mask) and sum(runs) == height * width
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ("garbage!", "not in the RLE alphabet"),
+        ("0o", "ends inside a run length"),
+        ("oooooooo0", "longer than 7 characters"),
+        ("0F", "has length -10"),  # "F" is 22 = 0x10 (the sign bit) | 6: -10 as a run
+    ],
+)
+def test_rle_runs_reject_what_pycocotools_would_misread(counts: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rle_runs(counts)
