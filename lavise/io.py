@@ -3,6 +3,11 @@
 A stage killed mid-write must never leave a truncated Parquet, NumPy or JSON file that a later
 run would mistake for a finished one, so everything is written to a temporary sibling and
 renamed into place (``os.replace`` is atomic on POSIX within one filesystem).
+
+A process killed outright (kill -9, SIGTERM, a power cut) cannot remove its temporary siblings, so
+their names say whose they are: ``.<name>.<pid>.<random>.<kind>`` (:func:`temp_prefix`), and
+:func:`remove_stale_temps` removes those whose process is gone (a whole extracted raw tree can be
+tens of gigabytes).
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -33,13 +40,80 @@ def _current_umask() -> int:
 
 _UMASK = _current_umask()
 
+log = logging.getLogger(__name__)
+
+# .<target name>.<pid>.<tempfile's 8 random characters>.<kind>: see temp_prefix.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.(?P<kind>tmp|old|extract)$")
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary sibling of ``name`` made by this process: ``.<name>.<pid>.``.
+
+    Give it to ``tempfile.mkstemp``/``mkdtemp`` with a suffix of ``.tmp`` or ``.extract``, so that
+    :func:`remove_stale_temps` can tell a killed process's leftovers from a live one's.
+    """
+    return f".{name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (one of another user counts: it may be writing); a
+    zombie (ended, not yet reaped by its parent) is not."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): kill's answer stands
+    return state not in ("Z", "X")
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary siblings (named by :func:`temp_prefix`) in ``directory`` whose process
+    is no longer alive; return what was removed.
+
+    Call it at the start of a stage for the folders it writes into. A live process's temporaries
+    are kept (a PID reused by an unrelated process keeps them too, until it ends). A ``.old`` left
+    by a kill in the middle of :func:`atomic_dir`'s swap is the previous output: it is put back
+    when the output is missing, and removed otherwise.
+    """
+    directory = Path(directory)
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        path, target = Path(entry.path), directory / match["name"]
+        if match["kind"] == "old" and not os.path.lexists(target):
+            os.replace(path, target)
+            log.warning("restored %s from %s, left by a process that was killed while replacing it", target, path)
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        log.warning("removed %s, left by process %s that ended before finishing it", path, match["pid"])
+        removed.append(path)
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -56,12 +130,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; it replaces ``path`` only on success."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
+            old = tmp.with_suffix(".old")  # .<name>.<pid>.<random>.old: see remove_stale_temps
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
             os.replace(tmp, target)

@@ -2,7 +2,8 @@
 
 ``data/raw/`` is built as a whole in a temporary sibling and swapped in only when complete, so a
 failed run leaves the previous ``data/raw/`` (or none) untouched. Archives are kept in
-``data/downloads/`` and reused when they verify.
+``data/downloads/`` and reused when they verify. The temporaries of a run that was killed (the
+half-built raw tree, the demo's generated archives) are removed by the next run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lavise.data.sources import (
     official_archives,
     package_version,
 )
-from lavise.io import atomic_dir, write_json
+from lavise.io import atomic_dir, remove_stale_temps, write_json
 from lavise.options import DATASETS, DEMO_GLOVE_DIM, GLOVE_DIMS, SOURCES
 from stages.cli import run_stage, start_stage
 
@@ -118,6 +119,8 @@ def prepare_raw_data(
     raw_dir, downloads_dir = Path(raw_dir), Path(downloads_dir)
     datasets = list(dict.fromkeys(datasets))
     check_request(source, datasets, glove_dim)
+    for directory in (raw_dir.parent, downloads_dir, downloads_dir / "demo"):
+        remove_stale_temps(directory)  # what a killed run left: a raw tree can be tens of GB
     transfer = {
         "progress": progress,
         "retries": retries,

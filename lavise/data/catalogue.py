@@ -6,6 +6,13 @@ archives with the same names and layouts, so the same fetch, verify and extract 
 
 Visual Genome is pinned to version 1.2 (108,077 images, the paper's counts): its objects come from
 ``objects_v1_2.json.zip`` (``objects.json.zip`` on the same server is version 1.4).
+
+``extracted_size`` bounds what extraction may write (the members extracted may total at most 10%
+more, see `lavise.data.download`): for the COCO annotations it is the exact size of the two
+``instances_*2017.json`` members extracted (469,785,474 + 19,987,840 bytes); for the COCO image
+zips it is the archive's own size, since JPEG data does not compress (their members are stored at
+about 1:1). Visual Genome publishes no sizes, so its archives are bounded only by the expansion
+ratio limits (200:1; its real zips expand at most about 10:1).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ class Archive:
     dir; ``strip_prefix`` drops the archive's top folder; ``members`` limits extraction to those
     member names; ``install_as`` instead accepts any single member with that name's suffix (the
     publisher does not fix the inner name) and writes it as ``install_as``. ``extract_to=None``
-    means the archive is consumed without extraction (GloVe).
+    means the archive is consumed without extraction (GloVe). ``extracted_size``: the bytes its
+    extracted members should total, when known (None: only the ratio limits apply).
     """
 
     name: str
@@ -36,6 +44,7 @@ class Archive:
     strip_prefix: str | None = None
     members: tuple[str, ...] | None = None
     install_as: str | None = None
+    extracted_size: int | None = None
 
 
 COCO_ARCHIVES: tuple[Archive, ...] = (
@@ -47,6 +56,7 @@ COCO_ARCHIVES: tuple[Archive, ...] = (
         size=19336861798,
         dataset="coco",
         extract_to="coco",
+        extracted_size=19336861798,
     ),
     Archive(
         "val2017.zip",
@@ -56,6 +66,7 @@ COCO_ARCHIVES: tuple[Archive, ...] = (
         size=815585330,
         dataset="coco",
         extract_to="coco",
+        extracted_size=815585330,
     ),
     Archive(
         "annotations_trainval2017.zip",
@@ -66,6 +77,7 @@ COCO_ARCHIVES: tuple[Archive, ...] = (
         dataset="coco",
         extract_to="coco",
         members=("annotations/instances_train2017.json", "annotations/instances_val2017.json"),
+        extracted_size=469785474 + 19987840,
     ),
 )
 

@@ -5,9 +5,20 @@ cut (resume from the ``.part`` file), never leave a file at its final name unles
 fail with an actionable message when the machine is offline. Archives without a published checksum
 (Visual Genome) are at least checked to be complete, readable zips before they are kept or reused.
 Free disk space is checked once the server has answered (an offline machine gets the offline
-message, not a disk-space one), before the first byte is written. Extraction refuses archive members
-that would escape the destination (``..``, absolute paths, drive letters, symlinks) and writes
-into a temporary sibling first, so a failed extraction leaves nothing behind.
+message, not a disk-space one), before the first byte is written. Only the file itself is accepted:
+``Accept-Encoding: identity`` is sent and a response with any other ``Content-Encoding`` is refused
+(a gzip-encoded body is not the archive). Bytes received before a connection stalls or drops are
+on disk when the error says so (the body is read as it arrives and the file synced on failure).
+
+Extraction refuses, before writing anything, archive members that would escape the destination
+(``..``, absolute paths, drive letters, symlinks), a member that would lie inside another member
+(or an existing file) that is a file, and decompression bombs: a member over 1 MiB that expands
+more than 200:1, members that together expand more than 200:1, or a total more than 10% over the
+size the catalogue expects. Real archives expand far less (COCO images about 1:1, JPEGs do not
+compress; the annotation and Visual Genome JSON zips 3:1 to 10:1; GloVe about 3:1). The sizes come
+from the central directory, and Python's zipfile stops a member at its declared size (a member
+that holds more fails its CRC), so a lying header cannot expand further. Files are written into a
+temporary sibling first, so a failed extraction leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from lavise.io import atomic_path
+from lavise.io import atomic_path, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,9 @@ _OFFLINE_ERRNOS = {
     errno.EADDRNOTAVAIL,
 }
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+MAX_EXPANSION = 200  # uncompressed : compressed, per member over RATIO_FLOOR_BYTES and in total
+RATIO_FLOOR_BYTES = 1 << 20  # small members may compress better (headers, short JSON)
+EXPECTED_MARGIN = 0.10  # over the catalogue's expected extracted size
 
 
 class DownloadError(RuntimeError):
@@ -122,16 +136,22 @@ def file_digests(path: str | os.PathLike[str], *, progress: bool = False) -> dic
 def zip_problem(path: Path) -> str | None:
     """Why ``path`` is not a complete, readable zip archive, or None when it is.
 
-    Reads only the end-of-central-directory record and the central directory (a second or so for
-    the 108k-member Visual Genome image zips, no data decompressed), so a truncated or cut
-    download, or an HTML error page saved under a zip name, is caught. Corruption inside a member's
+    Reads only the first bytes, the end-of-central-directory record and the central directory (a
+    second or so for the 108k-member Visual Genome image zips, no data decompressed), so a
+    truncated or cut download, an HTML error page saved under a zip name, or a zip wrapped in a
+    gzip stream (which zipfile would read past), is caught. Corruption inside a member's
     data is caught later by the CRC check during extraction.
     """
     try:
+        with open(path, "rb") as file:
+            head = file.read(4)
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         return f"not a complete, readable zip archive ({error})"
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # zipfile accepts data before the archive (a gzip stream)
+        kind = "a gzip stream" if head.startswith(b"\x1f\x8b") else f"{head!r}"
+        return f"not a zip archive (it starts with {kind}, not a zip member header)"
     if not infos:
         return "not a complete zip archive (no members)"
     file_size = path.stat().st_size
@@ -312,11 +332,28 @@ def _write_body(
             leave=False,
         ) as bar,
     ):
-        while chunk := response.read(CHUNK_BYTES):
-            out.write(chunk)
-            received += len(chunk)
-            bar.update(len(chunk))
+        try:
+            # read1: what has arrived (up to a chunk), so a stall loses nothing already received.
+            while chunk := response.read1(CHUNK_BYTES):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        except BaseException:
+            out.flush()
+            os.fsync(out.fileno())  # "partial data kept" must hold even if the machine goes down next
+            raise
     return received
+
+
+def _refuse_encoded(response: http.client.HTTPResponse, url: str, dest: Path) -> None:
+    """A body sent with a content coding (gzip, ...) is not the file's bytes: refuse it unread."""
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise DownloadError(
+            f"{url} was sent with Content-Encoding: {response.headers.get('Content-Encoding')} although only "
+            f"the file itself (identity) was asked for; the response was not kept: try again later, or "
+            f"download the file by other means and place it at {dest.resolve()}"
+        )
 
 
 def _transfer_once(url: str, part: Path, *, size: int | None, timeout_s: float, progress: bool) -> None:
@@ -332,6 +369,7 @@ def _transfer_once(url: str, part: Path, *, size: int | None, timeout_s: float, 
     if response is None:
         return
     with response:
+        _refuse_encoded(response, url, part.with_name(part.name.removesuffix(".part")))
         offset, mode = _write_start(response, url, on_disk)
         if mode == "wb" or not offset:
             _remember_validator(validator_file, response.headers)
@@ -618,14 +656,66 @@ def _targets(
 
 
 def _files(archive: Path, targets: Targets) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
-    """The file members to write, each target path at most once."""
+    """The file members to write, each target path at most once and none inside another file."""
     files = [(info, rel) for info, rel in targets if rel is not None and not info.is_dir()]
-    seen: set[PurePosixPath] = set()
-    for _, rel in files:
-        if rel in seen:
+    file_members: dict[PurePosixPath, str] = {}
+    for info, rel in files:
+        if rel in file_members:
             raise DownloadError(f"{archive} holds {rel} twice")
-        seen.add(rel)
+        file_members[rel] = info.filename
+    for info, rel in targets:
+        if rel is None:
+            continue
+        clash = (
+            rel
+            if info.is_dir() and rel in file_members
+            else next((parent for parent in rel.parents if parent in file_members), None)
+        )
+        if clash is not None:
+            raise UnsafeArchiveError(
+                f"refusing to extract {archive}: member {info.filename!r} would lie inside member "
+                f"{file_members[clash]!r}, which is a file; nothing was written"
+            )
     return files
+
+
+def _bomb_problem(files: list[tuple[zipfile.ZipInfo, PurePosixPath]], expected_bytes: int | None) -> str | None:
+    """Why the declared sizes look like a decompression bomb (see the module docstring), or None."""
+    for info, _ in files:
+        if info.file_size > RATIO_FLOOR_BYTES and info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
+            return (
+                f"member {info.filename!r} would expand {info.compress_size} bytes to {info.file_size} "
+                f"({info.file_size // max(info.compress_size, 1)}:1, over the limit of {MAX_EXPANSION}:1 for a "
+                f"member over {RATIO_FLOOR_BYTES >> 20} MiB): a decompression bomb, or not the archive it should "
+                f"be; delete it to download it again"
+            )
+    total = sum(info.file_size for info, _ in files)
+    compressed = sum(info.compress_size for info, _ in files)
+    if total > RATIO_FLOOR_BYTES and total > MAX_EXPANSION * max(compressed, 1):
+        return (
+            f"its members would expand {compressed} bytes to {total} ({total // max(compressed, 1)}:1, over the "
+            f"limit of {MAX_EXPANSION}:1): a decompression bomb, or not the archive it should be; delete it to "
+            f"download it again"
+        )
+    if expected_bytes is not None and total > expected_bytes * (1 + EXPECTED_MARGIN):
+        return (
+            f"its members would extract to {total} bytes, more than the {expected_bytes} bytes expected "
+            f"(+{EXPECTED_MARGIN:.0%}); not the archive it should be: delete it to download it again"
+        )
+    return None
+
+
+def _destination_problem(dest_dir: Path, files: list[tuple[zipfile.ZipInfo, PurePosixPath]]) -> str | None:
+    """Why the files cannot be merged into an existing ``dest_dir`` (a file where a folder must go)."""
+    if not dest_dir.exists():
+        return None
+    parents = {parent for _, rel in files for parent in rel.parents if parent != PurePosixPath(".")}
+    for parent in sorted(parents, key=lambda p: len(p.parts)):
+        existing = dest_dir.joinpath(*parent.parts)
+        if existing.exists() and not existing.is_dir():
+            below = next(str(rel) for _, rel in files if parent in rel.parents)
+            return f"{below!r} would lie inside the existing file {existing} (remove that file first)"
+    return None
 
 
 def _check_space(archive: Path, dest_dir: Path, files: list[tuple[zipfile.ZipInfo, PurePosixPath]]) -> None:
@@ -646,7 +736,7 @@ def _extract_via_staging(
     progress: bool,
 ) -> list[Path]:
     """Write ``files`` into a staging folder beside ``dest_dir``, then move them in; return their paths."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".extract", dir=dest_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(dest_dir.name), suffix=".extract", dir=dest_dir.parent))
     try:
         for info, rel in tqdm(files, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
             target = staging.joinpath(*rel.parts)
@@ -676,11 +766,14 @@ def safe_extract_zip(
     strip_prefix: str | None = None,
     members: Collection[str] | None = None,
     rename: Mapping[str, str] | None = None,
+    expected_bytes: int | None = None,
     progress: bool = True,
 ) -> list[Path]:
     """Extract ``archive`` into ``dest_dir`` after checking every member; return the files written.
 
-    All members are validated before a byte is written. Files are extracted into a temporary
+    All members are validated before a byte is written, against the limits of the module
+    docstring; ``expected_bytes``: the extracted size the catalogue knows, if any (the members
+    extracted may total at most 10% more). Files are extracted into a temporary
     directory beside ``dest_dir`` and then moved in: ``dest_dir`` is renamed into place when it
     does not exist yet, otherwise the files are merged into it (an existing file is never
     overwritten). ``strip_prefix`` drops a leading folder (``"VG_100K_2/"``); ``members`` limits
@@ -692,6 +785,9 @@ def safe_extract_zip(
         infos = _selected_members(archive, zip_file.infolist(), members, strip_prefix)
         targets = _targets(archive, infos, strip_prefix, rename)
         files = _files(archive, targets)
+        problem = _bomb_problem(files, expected_bytes) or _destination_problem(dest_dir, files)
+        if problem:
+            raise UnsafeArchiveError(f"refusing to extract {archive}: {problem}; nothing was written")
         _check_space(archive, dest_dir, files)
         written = _extract_via_staging(zip_file, archive, dest_dir, targets, files, progress)
     log.info("extracted %d files from %s into %s", len(written), archive.name, dest_dir)

@@ -28,6 +28,7 @@ from lavise.data.download import (
     safe_extract_zip,
     sole_member,
 )
+from lavise.io import temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def extract_all(archives: Sequence[Archive], downloads_dir: Path, raw_dir: Path,
             strip_prefix=archive.strip_prefix,
             members=members,
             rename=rename,
+            expected_bytes=archive.extracted_size,
             progress=progress,
         )
         counts[archive.name] = len(written)
@@ -130,6 +132,7 @@ def demo_archives(served_from: str, checksums: Mapping[str, str], datasets: Sequ
                     sha256=checksums[official.name],
                     md5=None,
                     size=None,
+                    extracted_size=None,
                 )
             )
     return archives
@@ -145,11 +148,13 @@ def fetch_demo_archives(
 ) -> tuple[list[Archive], list[dict[str, Any]]]:
     """Generate the demo archives in a temporary folder of ``work_dir``, serve them over local
     HTTP and fetch them into ``downloads_dir`` like official ones; return the archives and their
-    manifest records (url ``demo:<name>``: the port of the local server is not worth recording)."""
+    manifest records (url ``demo:<name>``: the port of the local server is not worth recording).
+    The folder's name carries this process's id, so a later run removes it if this one is killed
+    (``lavise.io.remove_stale_temps``)."""
     from lavise.data import demo, demo_server  # the generator (PIL, JSON synthesis) is only needed here
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".demo-archives.", dir=work_dir) as served:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("demo-archives"), suffix=".tmp", dir=work_dir) as served:
         checksums = demo.build_demo_archives(Path(served), list(datasets), seed)
         with demo_server.serve_directory(Path(served)) as base_url:
             archives = demo_archives(base_url, checksums, datasets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import io
@@ -10,6 +11,7 @@ import random
 import socket
 import stat
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +45,9 @@ class ServerBehaviour:
     fail_status: int | None = None
     failures_left: int = 0
     etag: str | None = None
+    content_encoding: str | None = None  # sent as Content-Encoding (the body is sent as stored)
+    stall_after: int | None = None  # send this many body bytes, then stall until `release` is set
+    release: threading.Event = field(default_factory=threading.Event)
     requests: list[dict[str, str | None]] = field(default_factory=list)
 
 
@@ -54,7 +59,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         behaviour = self.behaviour
-        behaviour.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        behaviour.requests.append(
+            {"path": self.path, "range": self.headers.get("Range"), "encoding": self.headers.get("Accept-Encoding")}
+        )
         if behaviour.failures_left > 0:
             behaviour.failures_left -= 1
             self.send_error(behaviour.fail_status or 503)
@@ -82,8 +89,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         payload = body[start:]
         if behaviour.etag:
             self.send_header("ETag", behaviour.etag)
+        if behaviour.content_encoding:
+            self.send_header("Content-Encoding", behaviour.content_encoding)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
+        if behaviour.stall_after is not None:
+            stall_after, behaviour.stall_after = behaviour.stall_after, None
+            self.wfile.write(payload[:stall_after])
+            self.wfile.flush()
+            behaviour.release.wait(10)
+            self.close_connection = True
+            return
         if behaviour.cuts_left > 0 and behaviour.cut_after is not None:
             behaviour.cuts_left -= 1
             self.wfile.write(payload[: behaviour.cut_after])
@@ -103,6 +119,7 @@ def server() -> Iterator[tuple[str, ServerBehaviour]]:
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/", behaviour
     finally:
+        behaviour.release.set()
         httpd.shutdown()
         httpd.server_close()
 
@@ -184,7 +201,7 @@ def test_complete_part_answered_416_is_accepted(server, tmp_path: Path) -> None:
     (tmp_path / "a.zip.part").write_bytes(data)
     dest = fetch(base + "a.zip", tmp_path / "a.zip", sha256=hashlib.sha256(data).hexdigest(), **FAST)
     assert dest.read_bytes() == data
-    assert behaviour.requests == [{"path": "/a.zip", "range": "bytes=5000-"}]
+    assert behaviour.requests == [{"path": "/a.zip", "range": "bytes=5000-", "encoding": "identity"}]
 
 
 def test_part_longer_than_size_restarts(server, tmp_path: Path) -> None:
@@ -339,6 +356,44 @@ def test_free_space_uses_published_size_and_real_disk_usage(
     assert not (tmp_path / "a.zip.part").exists()
 
 
+def test_encoded_body_refused_and_identity_asked_for(server, tmp_path: Path) -> None:
+    """A gzip-encoded body is not the file: never kept, even with nothing to verify it against."""
+    base, behaviour = server
+    zipped = _zip_bytes({"objects.json": _payload(20_000)})
+    behaviour.files["objects.json.zip"] = gzip.compress(zipped, compresslevel=0)
+    behaviour.content_encoding = "gzip"
+    dest = tmp_path / "objects.json.zip"
+    with pytest.raises(DownloadError) as error:
+        fetch(base + dest.name, dest, **FAST)
+    assert str(error.value) == (
+        f"{base}objects.json.zip was sent with Content-Encoding: gzip although only the file itself "
+        f"(identity) was asked for; the response was not kept: try again later, or download the file by "
+        f"other means and place it at {dest.resolve()}"
+    )
+    assert [r["encoding"] for r in behaviour.requests] == ["identity"]
+    assert list(tmp_path.iterdir()) == []
+    behaviour.content_encoding = "identity"  # stated explicitly: fine
+    behaviour.files["objects.json.zip"] = zipped
+    assert fetch(base + dest.name, dest, verify_zip=True, **FAST).read_bytes() == zipped
+
+
+def test_bytes_received_before_a_stall_are_kept_for_the_resume(server, tmp_path: Path) -> None:
+    """The message says partial data was kept: it must be, on disk, when the server stalls."""
+    base, behaviour = server
+    data = _payload(3 << 20)
+    behaviour.files["a.zip"] = data
+    behaviour.stall_after = 300_000  # less than one read of CHUNK_BYTES
+    dest, part = tmp_path / "a.zip", tmp_path / "a.zip.part"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="partial data kept in .*a.zip.part"):
+        fetch(base + "a.zip", dest, retries=0, backoff_s=0.0, timeout_s=0.5, progress=False)
+    assert time.monotonic() - started < 8
+    assert part.stat().st_size == 300_000
+    behaviour.release.set()
+    assert fetch(base + "a.zip", dest, sha256=hashlib.sha256(data).hexdigest(), **FAST).read_bytes() == data
+    assert behaviour.requests[-1]["range"] == "bytes=300000-"
+
+
 def _zip_bytes(entries: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -357,6 +412,8 @@ def test_zip_problem_detects_truncation(tmp_path: Path) -> None:
         assert "not a complete" in zip_problem(path)
     path.write_bytes(b"<html>404</html>")
     assert "not a complete" in zip_problem(path)
+    path.write_bytes(gzip.compress(data, compresslevel=0))  # zipfile finds the archive inside: not the file
+    assert zip_problem(path) == "not a zip archive (it starts with a gzip stream, not a zip member header)"
 
 
 def test_truncated_zip_without_checksum_downloaded_again(server, tmp_path: Path) -> None:
@@ -508,3 +565,84 @@ def test_corrupt_member_fails_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="corrupt at member 'b.txt'"):
         safe_extract_zip(archive_path, work / "out", progress=False)
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"a": b"file", "a/b": b"inside a file"},
+        {"a/b": b"inside a file", "a": b"file"},
+        {"a": b"file", "a/": b""},
+        {"x/a": b"file", "x/a/b/c": b"deeper"},
+    ],
+)
+def test_member_below_another_file_member_refused_naming_both(tmp_path: Path, entries: dict[str, bytes]) -> None:
+    """Was FileExistsError (a traceback) after part of the archive was written."""
+    archive = _zip(tmp_path / "clash.zip", entries)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(UnsafeArchiveError) as error:
+        safe_extract_zip(archive, work / "out", progress=False)
+    file_member, below = sorted(entries, key=len)
+    assert str(error.value) == (
+        f"refusing to extract {archive}: member {below!r} would lie inside member {file_member!r}, "
+        f"which is a file; nothing was written"
+    )
+    assert list(work.iterdir()) == []
+
+
+def test_member_below_an_existing_file_refused_before_writing(tmp_path: Path) -> None:
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    (dest / "a").write_text("already here")
+    archive = _zip(tmp_path / "b.zip", {"a/b": b"x", "c": b"y"})
+    with pytest.raises(DownloadError, match=r"refusing to extract .*b.zip: 'a/b' would lie inside the existing file"):
+        safe_extract_zip(archive, dest, progress=False)
+    assert sorted(p.name for p in dest.iterdir()) == ["a"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _deflated(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_zip_bomb_member_refused_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 MB of zeros compress to ~8 KB (1000:1): refused from the central directory, no byte written."""
+    archive = _deflated(tmp_path / "bomb.zip", {"ok.txt": b"fine", "zeros.bin": bytes(8 << 20)})
+    assert archive.stat().st_size < 20_000
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *a, **k: pytest.fail("a member was decompressed"))
+    with pytest.raises(UnsafeArchiveError) as error:
+        safe_extract_zip(archive, tmp_path / "out", progress=False)
+    info = zipfile.ZipFile(archive).getinfo("zeros.bin")
+    assert str(error.value) == (
+        f"refusing to extract {archive}: member 'zeros.bin' would expand {info.compress_size} bytes to "
+        f"{info.file_size} ({info.file_size // info.compress_size}:1, over the limit of 200:1 for a member over "
+        f"1 MiB): a decompression bomb, or not the archive it should be; delete it to download it again; "
+        f"nothing was written"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_many_small_bomb_members_refused_by_the_whole_archive_ratio(tmp_path: Path) -> None:
+    """Each member under 1 MiB escapes the per-member cap; together they are 12 MB from ~12 KB."""
+    archive = _deflated(tmp_path / "bombs.zip", {f"z{i}.bin": bytes(600_000) for i in range(20)})
+    with pytest.raises(
+        UnsafeArchiveError, match=r"its members would expand \d+ bytes to 12000000 \(\d+:1, over the limit of 200:1"
+    ):
+        safe_extract_zip(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_total_over_the_expected_extracted_size_refused(tmp_path: Path) -> None:
+    archive = _zip(tmp_path / "a.zip", {"a.bin": _payload(6000), "b.bin": _payload(5100)})
+    with pytest.raises(UnsafeArchiveError) as error:
+        safe_extract_zip(archive, tmp_path / "out", expected_bytes=10_000, progress=False)
+    assert str(error.value) == (
+        f"refusing to extract {archive}: its members would extract to 11100 bytes, more than the 10000 bytes "
+        f"expected (+10%); not the archive it should be: delete it to download it again; nothing was written"
+    )
+    assert not (tmp_path / "out").exists()
+    assert safe_extract_zip(archive, tmp_path / "out", expected_bytes=10_100, progress=False)  # within 10%

@@ -95,8 +95,13 @@ def test_read_image_gives_the_image_or_a_status_record(tmp_path: Path, pixels: n
     assert read_image(tmp_path / "e.jpg") == UnreadableImage("undecodable", f"{tmp_path / 'e.jpg'}: empty file")
     (tmp_path / "x.jpg").write_bytes(b"definitely not an image" * 5)
     corrupt = read_image(tmp_path / "x.jpg")
-    assert corrupt.status == "undecodable" and corrupt.error.startswith(f"{tmp_path / 'x.jpg'}: torchvision: ")
-    assert IMAGE_STATUSES == ("ok", "missing", "undecodable")
+    assert corrupt == UnreadableImage(
+        "undecodable", f"{tmp_path / 'x.jpg'}: no image size in its header (not an image, or a damaged header)"
+    )
+    truncated = _save(tmp_path / "t.jpg", Image.fromarray(pixels)).read_bytes()
+    (tmp_path / "t.jpg").write_bytes(truncated[: len(truncated) // 2])  # header intact: the decoders say why
+    assert read_image(tmp_path / "t.jpg").error.startswith(f"{tmp_path / 't.jpg'}: torchvision: ")
+    assert IMAGE_STATUSES == ("ok", "missing", "undecodable", "too_large", "outside_root")
     assert str(read_image(absent)) == f"missing image {absent}: file not found"
 
 

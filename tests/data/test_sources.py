@@ -23,7 +23,7 @@ import pytest
 
 from lavise.data import sources, wordnet
 from lavise.data.catalogue import CATALOGUE, COCO_ARCHIVES, GLOVE_ARCHIVE, VG_ARCHIVES, Archive
-from lavise.data.download import DownloadError, OfflineError
+from lavise.data.download import DownloadError, OfflineError, UnsafeArchiveError
 from lavise.options import DATASETS
 from stages.download import prepare_raw_data
 
@@ -348,6 +348,27 @@ def test_vg_objects_archive_with_unexpected_members_is_a_clear_error(tmp_path: P
     with pytest.raises(DownloadError, match=r"exactly one \*\.json file but holds 2"):
         sources.extract_all([VG_ARCHIVES[2]], downloads, tmp_path / "raw", progress=False)
     assert not (tmp_path / "raw").exists()
+
+
+def test_extraction_bounded_by_the_catalogues_expected_size(tmp_path: Path) -> None:
+    """The COCO annotations extract to the two instances files' published sizes (+10% at most);
+    the demo's archives, of other sizes, carry no expected size."""
+    annotations = COCO_ARCHIVES[2]
+    assert annotations.extracted_size == 469785474 + 19987840
+    assert [a.extracted_size for a in COCO_ARCHIVES[:2]] == [a.size for a in COCO_ARCHIVES[:2]]
+    assert all(a.extracted_size is None for a in VG_ARCHIVES)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    _write_zip(
+        downloads / annotations.name,
+        {"annotations/instances_train2017.json": bytes(950), "annotations/instances_val2017.json": bytes(200)},
+    )
+    with pytest.raises(UnsafeArchiveError, match="would extract to 1150 bytes, more than the 1000 bytes"):
+        sources.extract_all([replace(annotations, extracted_size=1000)], downloads, tmp_path / "raw", progress=False)
+    assert not (tmp_path / "raw").exists()
+    assert sources.extract_all([annotations], downloads, tmp_path / "raw", progress=False) == {annotations.name: 2}
+    demo = sources.demo_archives("http://127.0.0.1:1/", {a.name: "0" * 64 for a in COCO_ARCHIVES}, ["coco"])
+    assert [a.extracted_size for a in demo] == [None, None, None]
 
 
 def _coco_mirror(tmp_path: Path, glove_entries: dict[str, bytes] | None = None) -> tuple[Path, dict]:
