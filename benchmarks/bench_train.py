@@ -94,6 +94,7 @@ def train_settings(batch_size: int, device: str) -> dict[str, Any]:
         lr=1.0,
         batch_size=batch_size,
         epochs=1,
+        holdout_fraction=0.1,
         patience=1,
         lr_patience=10,
         seed=0,
@@ -102,7 +103,7 @@ def train_settings(batch_size: int, device: str) -> dict[str, Any]:
 
 
 def one_epoch(paths: dict[str, Path], out: Path, batch_size: int, device: str) -> dict[str, Any]:
-    """One epoch of the `train` stage (train pass + validation + writing) on ``paths``."""
+    """One epoch of the `train` stage (train pass + hold-out scoring + writing) on ``paths``."""
     from stages.train import run_train
 
     started = time.perf_counter()
@@ -147,7 +148,7 @@ def bench_cache(args: argparse.Namespace) -> None:
         child.join()
         peak = result["peak_kib"]
         print(
-            f"one epoch ({result['metrics']['n_train']} train + {result['metrics']['n_val']} val samples, "
+            f"one epoch ({result['metrics']['n_train']} train + {result['metrics']['n_holdout']} hold-out samples, "
             f"{result['metrics']['n_classes']} classes, batch {args.batch_size}, "
             f"{result['metrics']['device']}, {args.threads} threads): {result['seconds']:.1f} s"
         )
@@ -176,8 +177,8 @@ def bench_fact2023(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         ours = one_epoch(paths, Path(tmp), args.batch_size, args.device)
     print(
-        f"our stage, one epoch ({ours['metrics']['n_train']} train + {ours['metrics']['n_val']} val "
-        f"samples, includes loading, validation and saving): {ours['seconds']:.2f} s"
+        f"our stage, one epoch ({ours['metrics']['n_train']} train + {ours['metrics']['n_holdout']} hold-out "
+        f"samples, includes loading, hold-out scoring and saving): {ours['seconds']:.2f} s"
     )
 
     cache = open_feature_cache(args.features)
@@ -233,7 +234,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("cache", "fact2023"), required=True)
     parser.add_argument("--rows", type=int, default=860_000, help="cache: train vectors")
-    parser.add_argument("--val-rows", type=int, default=37_000, help="cache: val vectors (COCO val2017)")
+    parser.add_argument(
+        "--val-rows",
+        type=int,
+        default=37_000,
+        help="cache: val vectors (COCO val2017; in the cache, not read by train)",
+    )
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--categories", type=int, default=80)
     parser.add_argument("--emb-dim", type=int, default=50)

@@ -1,7 +1,9 @@
 """`train` stage: the LaViSE explainer from the feature cache (see lavise/training/explainer.py).
 
-Steps: check the `train` settings, read the cache and the class tokens, train, then write the
-explainer (weights + config), the per-epoch history and the metrics.
+Steps: check the `train` settings, read the cache's train split and the class tokens, hold out
+`train.holdout_fraction` of the training images (seeded by `train.seed`), train on the rest with
+the epoch chosen on the hold-out, then write the explainer (weights + config), the per-epoch
+history and the metrics. The val split, which `evaluate` scores, is not read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lavise.devices import resolve_device
@@ -20,7 +23,7 @@ from lavise.features.cache import open_feature_cache
 from lavise.io import write_json
 from lavise.models.explainer import save_explainer
 from lavise.training.explainer import ExplainerFit, check_settings, train_explainer, write_history
-from lavise.training.explainer_data import Classes, Split, feature_dim, load_class_vectors, load_classes, load_split
+from lavise.training.explainer_data import Classes, Split, load_class_vectors, load_classes, load_split, split_holdout
 from stages.cli import run_stage, start_stage
 
 log = logging.getLogger("stages.train")
@@ -28,32 +31,34 @@ log = logging.getLogger("stages.train")
 
 @dataclass(frozen=True)
 class Inputs:
-    """Everything read from disk: the cache's meta.json, the classes, their embeddings, both splits."""
+    """Everything read from disk: the cache's meta.json, the classes, their embeddings, and the
+    train split's samples divided into those trained on and those held out to choose the epoch."""
 
     meta: dict[str, Any]
     classes: Classes
     class_vectors: torch.Tensor  # [n_classes, emb_dim], L2-normalised
     train: Split
-    val: Split
+    holdout: Split
 
 
-def load_inputs(features_dir: Path, annotations_dir: Path, embeddings_dir: Path) -> Inputs:
-    """Open and check the cache once, read the classes, their GloVe vectors and both splits, and
-    check there is enough to train on."""
+def load_inputs(
+    features_dir: Path, annotations_dir: Path, embeddings_dir: Path, holdout_fraction: float, seed: int
+) -> Inputs:
+    """Open and check the cache once, read the classes, their GloVe vectors and the train split,
+    and hold out a seeded slice of its images (enough left on both sides is checked there)."""
     cache = open_feature_cache(features_dir)
     classes = load_classes(Path(annotations_dir))
     class_vectors = load_class_vectors(Path(embeddings_dir), classes.tokens)
     train = load_split(cache, "train", classes)
-    val = load_split(cache, "val", classes)
-    feature_dim(train, val)
-    return Inputs(cache.meta, classes, class_vectors, train, val)
+    fit, holdout = split_holdout(train, holdout_fraction, seed, what="train.holdout_fraction")
+    return Inputs(cache.meta, classes, class_vectors, fit, holdout)
 
 
 def explainer_config(
     inputs: Inputs, fit: ExplainerFit, settings: Mapping[str, Any], embeddings_dir: Path, device: torch.device
 ) -> dict[str, Any]:
     """config.json next to the weights: what the explainer predicts, from what, trained how."""
-    keys = ("margin", "optimizer", "lr", "lr_patience", "batch_size", "epochs", "patience", "seed")
+    keys = ("margin", "optimizer", "lr", "lr_patience", "batch_size", "epochs", "holdout_fraction", "patience", "seed")
     return {
         "classes": inputs.classes.tokens,
         "seen_categories": inputs.classes.seen_categories,
@@ -69,19 +74,21 @@ def explainer_config(
 
 
 def train_metrics(inputs: Inputs, fit: ExplainerFit, epochs: int, device: torch.device) -> dict[str, Any]:
-    """metrics/train.json: the best epoch's scores, the last epoch's, and what was trained on."""
+    """metrics/train.json: the best epoch's hold-out scores, the last epoch's, and what was trained
+    on and held out (objects and images)."""
     best, history = fit.best, fit.history
     return {
         "best_epoch": best["epoch"],
-        "best_val_loss": best["val_loss"],
-        "val_top1": best["val_top1"],
-        "val_top5": best["val_top5"],
-        "last_val_top1": history[-1]["val_top1"],
-        "last_val_top5": history[-1]["val_top5"],
+        "best_holdout_loss": best["holdout_loss"],
+        "holdout_top1": best["holdout_top1"],
+        "holdout_top5": best["holdout_top5"],
+        "last_holdout_top1": history[-1]["holdout_top1"],
+        "last_holdout_top5": history[-1]["holdout_top5"],
         "n_train": int(inputs.train.rows.size),
-        "n_val": int(inputs.val.rows.size),
+        "n_holdout": int(inputs.holdout.rows.size),
+        "n_train_images": int(np.unique(inputs.train.image_ids).size),
+        "n_holdout_images": int(np.unique(inputs.holdout.image_ids).size),
         "n_excluded_train": inputs.train.n_excluded,
-        "n_excluded_val": inputs.val.n_excluded,
         "n_classes": len(inputs.classes.tokens),
         "epochs_run": len(history),
         "stopped_early": len(history) < epochs,
@@ -104,10 +111,10 @@ def run_train(
     started = time.perf_counter()
     check_settings(settings["optimizer"], settings["batch_size"], settings["epochs"], settings["patience"])
     device = resolve_device(settings["device"], "train.device")
-    inputs = load_inputs(features_dir, annotations_dir, embeddings_dir)
+    inputs = load_inputs(features_dir, annotations_dir, embeddings_dir, settings["holdout_fraction"], settings["seed"])
     fit = train_explainer(
         inputs.train,
-        inputs.val,
+        inputs.holdout,
         inputs.class_vectors,
         inputs.classes.positives,
         hidden_dim=settings["hidden_dim"],
@@ -121,6 +128,7 @@ def run_train(
         patience=settings["patience"],
         seed=settings["seed"],
         device=device,
+        hidden_what="train.hidden_dim",
     )
     save_explainer(fit.model, explainer_config(inputs, fit, settings, embeddings_dir, device), out_dir)
     write_history(Path(history_path), fit.history)

@@ -7,7 +7,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from lavise.models.backbones import classifier_head_name, resolve_weights_enum, seeded_model, weight_names
+from lavise.models.backbones import (
+    check_state_fits,
+    classifier_head_name,
+    download_hint,
+    resolve_weights_enum,
+    seeded_model,
+    weight_names,
+)
 from lavise.models.checkpoints import load_state_dict, looks_like_checkpoint
 
 
@@ -19,7 +26,7 @@ def initial_state_dict(init: str, architecture: str, what: str = "init") -> dict
     if init == "none":
         return None
     if looks_like_checkpoint(init):
-        return load_state_dict(init)
+        return load_state_dict(init, what)
     try:
         weights = resolve_weights_enum(architecture, init)
     except ValueError:
@@ -27,13 +34,8 @@ def initial_state_dict(init: str, architecture: str, what: str = "init") -> dict
             f"{what} {init!r} is not 'none', a checkpoint path, or a weights name of "
             f"{architecture} ({', '.join(weight_names(architecture))})"
         ) from None
-    try:
+    with download_hint(weights, what, init):  # weights are fetched on first use
         return weights.get_state_dict(progress=False)
-    except OSError as error:  # urllib's URLError included: weights are fetched on first use
-        raise RuntimeError(
-            f"{what} {init!r}: could not fetch torchvision weights {weights} ({error}); "
-            "on an offline machine give a checkpoint path instead"
-        ) from error
 
 
 def build_classifier(architecture: str, num_classes: int, init: str, seed: int, what: str = "init") -> nn.Module:
@@ -48,19 +50,10 @@ def build_classifier(architecture: str, num_classes: int, init: str, seed: int, 
     if state is None:
         return model
     head = classifier_head_name(model)
-    own = model.state_dict()
-    head_keys = {k for k in own if head is not None and k.startswith(head + ".")}
-    state = {k: v for k, v in state.items() if k not in head_keys}
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if mismatched:
-        raise ValueError(f"{what} {init!r} does not fit {architecture}: shapes differ for {mismatched[:5]}")
-    result = model.load_state_dict(state, strict=False)
-    missing = set(result.missing_keys) - head_keys
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{what} {init!r} does not fit {architecture}: missing {sorted(missing)[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
+    check_state_fits(model, state, architecture, init, what, skip=head)
+    model.load_state_dict(
+        {k: v for k, v in state.items() if head is None or not k.startswith(f"{head}.")}, strict=False
+    )
     return model
 
 

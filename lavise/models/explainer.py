@@ -18,9 +18,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lavise.io import atomic_dir, read_json, write_json
+from lavise.models.memory import GB, check_fits
 
 WEIGHTS_FILE = "explainer.safetensors"
 CONFIG_FILE = "config.json"
+# Copies of the weights training holds: the weights, their gradients, the optimiser's state
+# (DAdaptAdam: s, exp_avg, exp_avg_sq; Adam two of them) and the best epoch's copy.
+TRAINING_COPIES = 6
 
 
 class Explainer(nn.Module):
@@ -49,6 +53,38 @@ class Explainer(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features)
+
+
+def parameter_count(in_dim: int, emb_dim: int, hidden_dim: int | None = None) -> int:
+    """Numbers the explainer holds: both Linear layers, both BatchNorms' affine weights and running
+    statistics (the step counters aside)."""
+    hidden = in_dim if hidden_dim is None else hidden_dim
+    return 4 * in_dim + in_dim * hidden + hidden + 4 * hidden + hidden * emb_dim + emb_dim
+
+
+def check_explainer_fits(
+    in_dim: int,
+    emb_dim: int,
+    hidden_dim: int | None,
+    batch_size: int,
+    device: torch.device,
+    what: str = "hidden_dim",
+    available: int | None = None,
+) -> None:
+    """Before the explainer is built: a ``hidden_dim`` too large to allocate and train on ``device``
+    ends in one line saying what it would take (``what`` names the setting; ``available``
+    overrides the measured free bytes, for tests), not in the OOM killer."""
+    hidden = in_dim if hidden_dim is None else hidden_dim
+    weights = 4 * parameter_count(in_dim, emb_dim, hidden)
+    # one batch's layer outputs, dropout masks and their gradients, float32
+    activations = 4 * batch_size * (3 * in_dim + 6 * hidden + 2 * emb_dim)
+    needed = TRAINING_COPIES * weights + activations
+    shown = hidden_dim if hidden_dim is not None else f"{hidden_dim} (= the input's {in_dim} channels)"
+    claim = (
+        f"{what} {shown} needs ~{weights / GB:.1f} GB for the explainer's weights and ~{needed / GB:.1f} GB to "
+        f"train it ({in_dim} -> {hidden} -> {emb_dim}, with gradients, optimiser state and a batch of {batch_size})"
+    )
+    check_fits(needed, device, claim, f"lower {what}", available)
 
 
 def cosine_scores(outputs: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:

@@ -68,14 +68,15 @@ class FeatureExtractor(nn.Module):
 
 
 def build_feature_extractor(
-    name: str, weights: str, layer: str, *, num_classes: int | None = None, seed: int = 0
+    name: str, weights: str, layer: str, *, num_classes: int | None = None, seed: int = 0, what: str = "weights"
 ) -> FeatureExtractor:
     """Frozen extractor mapping normalised images to the maps of ``layer`` of model ``name``.
 
     ``weights``: as :func:`lavise.models.backbones.build_model` takes it; ``layer``: a module
-    name as in ``model.named_modules()``. ``seed`` only matters for ``none``.
+    name as in ``model.named_modules()``. ``seed`` only matters for ``none``. ``what`` names
+    ``weights`` in errors (the stages pass ``backbone.weights``).
     """
-    model = build_model(name, weights, num_classes=num_classes, seed=seed)
+    model = build_model(name, weights, num_classes=num_classes, seed=seed, what=what)
     check_layer(model, layer, name)
     body = create_feature_extractor(model, return_nodes={layer: "maps"})
     extractor = FeatureExtractor(body, name, weights, layer).eval()

@@ -4,8 +4,13 @@ FACT2023 ran the CNN once per annotation per epoch (~30 A100-minutes an epoch on
 masked, pooled vectors do not change between epochs, so the `features` stage caches them once
 and this loop only gathers batches from the memory-mapped cache (`lavise.training.explainer_data`).
 The loop has the shape of torchvision's reference scripts: ``train_one_epoch``, ``validate``,
-and ``fit`` looping over epochs with early stopping on the validation loss; the weights kept are
-the best epoch's.
+and ``fit`` looping over epochs with early stopping; the weights kept are the best epoch's.
+
+Which epoch is kept is chosen without looking at the split `evaluate` scores: the stage holds out
+a seeded slice of the *training* images (``lavise.training.explainer_data.split_holdout``, by
+image, so no object of a held-out image is trained on), trains on the rest, and early stopping,
+the best epoch and Adam's ReduceLROnPlateau all read the hold-out loss only. The val split is not
+read at all.
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ import torch
 from tqdm import tqdm
 
 from lavise.io import atomic_path
-from lavise.models.explainer import Explainer, cosine_scores, hinge_rank_loss
+from lavise.models.explainer import Explainer, check_explainer_fits, cosine_scores, hinge_rank_loss
 from lavise.options import OPTIMIZERS
 from lavise.training.explainer_data import Split, batch_bounds, gather_batch
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5")
+HISTORY_COLUMNS = ("epoch", "train_loss", "holdout_loss", "holdout_top1", "holdout_top5")
 TOP_K = 5
 
 
@@ -69,7 +74,7 @@ def make_optimizer(
     name: str, parameters: Any, lr: float, lr_patience: int = 10
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau | None]:
     """DAdaptAdam (FACT2023, learning-rate free) or Adam + ReduceLROnPlateau (reference code;
-    ``lr_patience`` epochs without val-loss improvement before the rate is divided by 10)."""
+    ``lr_patience`` epochs without hold-out-loss improvement before the rate is divided by 10)."""
     if name == "dadapt_adam":
         import dadaptation
 
@@ -140,16 +145,16 @@ def validate(
 
 @dataclass
 class EarlyStopping:
-    """Tracks the best validation loss; stop after ``patience`` epochs without a strictly lower one."""
+    """Tracks the best hold-out loss; stop after ``patience`` epochs without a strictly lower one."""
 
     patience: int
     best_loss: float = math.inf
     epochs_without_improvement: int = 0
 
-    def improved(self, val_loss: float) -> bool:
+    def improved(self, loss: float) -> bool:
         """Record one epoch's loss; True when it is the best so far."""
-        if val_loss < self.best_loss:
-            self.best_loss = val_loss
+        if loss < self.best_loss:
+            self.best_loss = loss
             self.epochs_without_improvement = 0
             return True
         self.epochs_without_improvement += 1
@@ -171,11 +176,12 @@ class ExplainerFit:
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What one run trains on: both splits, the class embeddings [n_classes, emb_dim] and each
-    seen category's positive classes [n_seen_categories, n_classes], on the training device."""
+    """What one run trains on: the training samples, the held-out ones that choose the epoch, the
+    class embeddings [n_classes, emb_dim] and each seen category's positive classes
+    [n_seen_categories, n_classes], on the training device."""
 
     train: Split
-    val: Split
+    holdout: Split
     class_vectors: torch.Tensor
     positives: torch.Tensor
 
@@ -192,7 +198,7 @@ def _epoch_row(
     generator: torch.Generator,
     device: torch.device,
 ) -> dict[str, float]:
-    """Train one epoch, validate, and return the epoch's history row; a non-finite loss is an error."""
+    """Train one epoch, score the hold-out, and return the epoch's history row; a non-finite loss is an error."""
     train_loss = train_one_epoch(
         model,
         data.train,
@@ -205,12 +211,12 @@ def _epoch_row(
         device=device,
         description=f"epoch {epoch}/{epochs}",
     )
-    val_loss, val_top1, val_top5 = validate(
-        model, data.val, data.class_vectors, data.positives, margin=margin, batch_size=batch_size, device=device
+    loss, top1, top5 = validate(
+        model, data.holdout, data.class_vectors, data.positives, margin=margin, batch_size=batch_size, device=device
     )
-    if not math.isfinite(train_loss) or not math.isfinite(val_loss):
-        raise FloatingPointError(f"epoch {epoch}: loss diverged (train {train_loss}, val {val_loss})")
-    return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_top1": val_top1, "val_top5": val_top5}
+    if not math.isfinite(train_loss) or not math.isfinite(loss):
+        raise FloatingPointError(f"epoch {epoch}: loss diverged (train {train_loss}, hold-out {loss})")
+    return {"epoch": epoch, "train_loss": train_loss, "holdout_loss": loss, "holdout_top1": top1, "holdout_top5": top5}
 
 
 def fit(
@@ -226,8 +232,8 @@ def fit(
     generator: torch.Generator,
     device: torch.device,
 ) -> tuple[list[dict[str, float]], dict[str, float], dict[str, torch.Tensor]]:
-    """Loop epochs until ``epochs`` or early stopping; returns the history, the best epoch's row
-    and a CPU copy of its weights."""
+    """Loop epochs until ``epochs`` or early stopping on the hold-out loss; returns the history, the
+    best epoch's row (lowest hold-out loss, the earliest on a tie) and a CPU copy of its weights."""
     history: list[dict[str, float]] = []
     best: dict[str, float] = {}
     best_state: dict[str, torch.Tensor] = {}
@@ -236,28 +242,28 @@ def fit(
     for epoch in range(1, epochs + 1):
         row = _epoch_row(model, data, optimizer, epoch=epoch, epochs=epochs, **settings)
         if scheduler is not None:
-            scheduler.step(row["val_loss"])
+            scheduler.step(row["holdout_loss"])
         history.append(row)
         log.info(
-            "epoch %d: train %.5f  val %.5f  top1 %.4f  top5 %.4f",
+            "epoch %d: train %.5f  hold-out %.5f  top1 %.4f  top5 %.4f",
             epoch,
             row["train_loss"],
-            row["val_loss"],
-            row["val_top1"],
-            row["val_top5"],
+            row["holdout_loss"],
+            row["holdout_top1"],
+            row["holdout_top5"],
         )
-        if stopping.improved(row["val_loss"]):
+        if stopping.improved(row["holdout_loss"]):
             best = row
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         elif stopping.should_stop:
-            log.info("early stopping: no val-loss improvement for %d epochs", patience)
+            log.info("early stopping: no hold-out-loss improvement for %d epochs", patience)
             break
     return history, best, best_state
 
 
 def train_explainer(
     train: Split,
-    val: Split,
+    holdout: Split,
     class_vectors: torch.Tensor,
     positives: torch.Tensor,
     *,
@@ -272,21 +278,25 @@ def train_explainer(
     seed: int,
     device: torch.device,
     lr_patience: int = 10,
+    hidden_what: str = "hidden_dim",
 ) -> ExplainerFit:
     """Seed, build the explainer for ``train``'s vectors and ``class_vectors`` [n_classes,
-    emb_dim], train on ``device`` and return it with the best validation loss's weights."""
+    emb_dim], train on ``device`` and return it with the weights of the epoch of lowest loss on
+    ``holdout`` (samples of training images held out, never the scored split). ``hidden_what``
+    names ``hidden_dim`` in the error when the explainer would not fit in memory."""
     check_settings(optimizer, batch_size, epochs, patience)
     in_dim = int(train.vectors.shape[1])
+    check_explainer_fits(in_dim, int(class_vectors.shape[1]), hidden_dim, batch_size, device, hidden_what)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = Explainer(in_dim, class_vectors.shape[1], hidden_dim, dropout).to(device)
-    data = TrainingData(train, val, class_vectors.to(device), positives.to(device))
+    data = TrainingData(train, holdout, class_vectors.to(device), positives.to(device))
     opt, scheduler = make_optimizer(optimizer, model.parameters(), lr, lr_patience)
     log.info(
-        "training on %s: %d train / %d val samples, %d classes, in_dim %d, emb_dim %d, %s",
+        "training on %s: %d train / %d hold-out samples, %d classes, in_dim %d, emb_dim %d, %s",
         device,
         train.rows.size,
-        val.rows.size,
+        holdout.rows.size,
         class_vectors.shape[0],
         in_dim,
         class_vectors.shape[1],

@@ -2,7 +2,9 @@
 `lavise.features.cache.open_feature_cache`) and the annotation tables.
 
 Samples are the cached pooled vectors of the objects of seen categories; classes are the distinct
-tokens of those categories. Batches are gathered from the memory-mapped cache by sorted fancy
+tokens of those categories. Only the train split is read: a seeded slice of its images is held out
+(:func:`split_holdout`) to choose the epoch, so that the val split, which `evaluate` scores, plays no
+part in training. Batches are gathered from the memory-mapped cache by sorted fancy
 indexing, float16 -> float32 per batch: nothing per sample in Python and no copy of the cache in
 RAM (resident memory is the page cache plus one batch).
 """
@@ -18,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from lavise.data.splits import split_images
 from lavise.features.cache import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -25,12 +28,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Split:
-    """One split's samples: rows into the memory-mapped vectors and each row's category index."""
+    """One split's samples: rows into the memory-mapped vectors, each row's category index and image."""
 
     vectors: np.ndarray  # memory-mapped [n_rows, d] float16; only `rows` of it are samples
     rows: np.ndarray  # int64 [n]
     category_index: np.ndarray  # int64 [n], into the seen-category positive table
+    image_ids: np.ndarray  # int64 [n], the image each sample's object lies in
     n_excluded: dict[str, int]  # objects not used, by reason
+
+    def subset(self, keep: np.ndarray, n_excluded: dict[str, int]) -> Split:
+        """The samples where the bool mask ``keep`` [n] is set, over the same memory-mapped vectors."""
+        return Split(self.vectors, self.rows[keep], self.category_index[keep], self.image_ids[keep], n_excluded)
 
 
 @dataclass(frozen=True)
@@ -87,8 +95,9 @@ def load_split(cache: FeatureCache, split: str, classes: Classes) -> Split:
     vectors = {"train": cache.train_vectors, "val": cache.val_vectors}[split]
     objects_path = cache.directory / f"{split}_objects.parquet"
     # Arrow, and only these columns: the pandas table would hold every column of every object.
-    objects = cache.table(f"{split}_objects", columns=["row", "category", "coverage"])
+    objects = cache.table(f"{split}_objects", columns=["row", "image_id", "category", "coverage"])
     rows = objects.column("row").to_numpy().astype(np.int64)
+    image_ids = objects.column("image_id").to_numpy().astype(np.int64)
     column = objects.column("category").combine_chunks()
     if column.null_count:
         raise ValueError(f"{objects_path}: {column.null_count} objects have no category")
@@ -115,7 +124,7 @@ def load_split(cache: FeatureCache, split: str, classes: Classes) -> Split:
         int(keep.sum()),
         n_excluded,
     )
-    return Split(vectors=vectors, rows=rows[keep], category_index=category_index[keep], n_excluded=n_excluded)
+    return Split(vectors, rows[keep], category_index[keep], image_ids[keep], n_excluded)
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -141,10 +150,35 @@ def gather_batch(split: Split, sample_indices: np.ndarray) -> tuple[torch.Tensor
     return features, torch.from_numpy(category_index)
 
 
-def feature_dim(train: Split, val: Split) -> int:
-    """The explainer's input size, the vectors' columns (the cache reader checked that both splits
-    have meta.json's ``channels``); each split needs two samples (BatchNorm)."""
-    for name, split in (("train", train), ("val", val)):
-        if split.rows.size < 2:
-            raise ValueError(f"{name} split has {split.rows.size} objects of seen categories; need >= 2")
-    return int(train.vectors.shape[1])
+def split_holdout(train: Split, fraction: float, seed: int, what: str = "holdout_fraction") -> tuple[Split, Split]:
+    """(fit, holdout): ``train``'s samples split by image, a seeded ``fraction`` of its images held out.
+
+    The epoch is chosen on the hold-out so that nothing about the scored (val) split steers
+    training. The held-out images are drawn as `lavise.data.splits.split_images` draws a val
+    split: from the sorted distinct image ids of the samples, ``round(fraction * n)`` of them (at
+    least 1 and at most n - 1), so the hold-out is a function of (image ids, fraction, seed) only,
+    and every object of a held-out image is held out with it. ``what`` names the fraction in
+    errors (the stage passes its params key).
+    """
+    images = np.unique(train.image_ids)
+    if images.size < 2:
+        raise ValueError(
+            f"{what} {fraction}: the train split has {images.size} image(s) with objects of seen categories; "
+            "need >= 2 (one to train on, one to hold out to choose the epoch)"
+        )
+    held = images[split_images(images, fraction, seed) == "val"]
+    in_holdout = np.isin(train.image_ids, held)
+    fit, holdout = train.subset(~in_holdout, train.n_excluded), train.subset(in_holdout, {})
+    if fit.rows.size < 2:  # BatchNorm cannot train on one sample
+        raise ValueError(
+            f"{what} {fraction} holds out {held.size} of {images.size} training images and leaves "
+            f"{fit.rows.size} object(s) to train on; need >= 2: lower {what} or add training images"
+        )
+    log.info(
+        "hold-out: %d of %d training images (%d objects) choose the epoch; %d objects to train on",
+        held.size,
+        images.size,
+        holdout.rows.size,
+        fit.rows.size,
+    )
+    return fit, holdout

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from lavise.models.backbones import (
     seeded_model,
     weight_names,
 )
+from lavise.models.classifier import build_classifier
 from lavise.models.extractor import build_feature_extractor
 
 
@@ -74,8 +77,69 @@ def test_user_checkpoint_infers_num_classes(tmp_path: Path, suffix: str, name: s
     model = build_model(name, str(path))
     assert model.state_dict()[head].shape[0] == 7
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(
+        ValueError, match=rf"^weights {re.escape(str(path))} does not fit {name}: 2 tensors of another shape"
+    ):
         build_model(name, str(path), num_classes=5)
+
+
+def test_a_checkpoint_of_another_architecture_says_which_layers_and_what_it_looks_like(tmp_path: Path) -> None:
+    """Was a multi-kilobyte load_state_dict error not naming the setting."""
+    with torch.device("meta"):
+        shapes = get_model("resnet50", weights=None).state_dict()
+    path = tmp_path / "resnet50.safetensors"
+    save_file({k: torch.zeros(v.shape, dtype=v.dtype) for k, v in shapes.items()}, str(path))
+    with pytest.raises(ValueError) as caught:
+        build_feature_extractor("resnet18", str(path), "layer4", what="backbone.weights")
+    message = str(caught.value)
+    assert message == (
+        f"backbone.weights {path} does not fit resnet18: "
+        "198 unexpected keys (layer1.0.bn3.bias, layer1.0.bn3.weight, layer1.0.conv3.weight, ...); "
+        "24 tensors of another shape (first layer1.0.conv1.weight: checkpoint [64, 64, 1, 1], "
+        "resnet18 [64, 64, 3, 3]); the checkpoint has 320 tensors in bn1, layer1, layer2, layer3, layer4, "
+        "conv1, fc; classifier fc.weight [1000, 2048] (it looks like resnet50 with 1000 classes): give a "
+        "checkpoint of resnet18, or the architecture the checkpoint is of"
+    )
+    with torch.device("meta"):
+        vgg = get_model("vgg11", weights=None).state_dict()
+    torch.save({k: torch.zeros(v.shape) for k, v in vgg.items()}, tmp_path / "vgg11.pt")
+    with pytest.raises(ValueError, match=r"102 missing keys \(conv1\.weight, bn1\.weight, bn1\.bias, \.\.\.\); "):
+        build_model("resnet18", str(tmp_path / "vgg11.pt"))  # no fc.weight to read num_classes from: still this
+
+
+def test_a_checkpoint_without_batchnorm_step_counters_still_loads(tmp_path: Path) -> None:
+    """load_state_dict fills in a missing num_batches_tracked: the fit check does not call it missing."""
+    torch.manual_seed(2)
+    state = {k: v for k, v in get_model("resnet18", weights=None).state_dict().items() if "num_batches" not in k}
+    torch.save(state, tmp_path / "old.pt")
+    loaded = build_model("resnet18", str(tmp_path / "old.pt")).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    state.pop("layer1.0.conv1.weight")
+    torch.save(state, tmp_path / "short.pt")
+    with pytest.raises(ValueError, match=r"does not fit resnet18: 1 missing keys \(layer1\.0\.conv1\.weight\); "):
+        build_model("resnet18", str(tmp_path / "short.pt"))
+
+
+def test_weights_that_cannot_be_downloaded_say_where_to_put_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, `IMAGENET1K_V1` was a URLError traceback."""
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    expected = (
+        f"backbone.weights IMAGENET1K_V1: could not download ResNet18_Weights.IMAGENET1K_V1 from {url} "
+        "([Errno -3] Temporary failure in name resolution); download that file elsewhere and put it at "
+        f"{tmp_path / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth'}, or give a checkpoint path"
+    )
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(expected)}$"):
+        build_feature_extractor("resnet18", "IMAGENET1K_V1", "layer4", what="backbone.weights")
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(expected.replace('backbone.weights', 'target.init'))}$"):
+        build_classifier("resnet18", 3, "IMAGENET1K_V1", seed=0, what="target.init")
 
 
 def test_random_init_is_seeded_and_leaves_global_rng_alone() -> None:

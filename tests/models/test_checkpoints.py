@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,9 +11,11 @@ import torch
 from torch import nn
 
 from lavise.models.checkpoints import (
+    describe_checkpoint,
     infer_num_classes,
     load_state_dict,
     looks_like_checkpoint,
+    mismatch_summary,
     resolve_weights,
     save_checkpoint,
 )
@@ -65,3 +69,81 @@ def test_num_classes_is_the_rows_of_the_head_weight() -> None:
         infer_num_classes(state, "classifier", "net")
     with pytest.raises(ValueError, match="cannot infer num_classes for net"):
         infer_num_classes(state, None, "net")
+
+
+class Opaque:
+    """A class torch.load(weights_only=True) refuses to unpickle."""
+
+
+def write_tensor(path: Path) -> None:
+    torch.save(torch.ones(3), path)
+
+
+def write_list(path: Path) -> None:
+    torch.save([torch.ones(3)], path)
+
+
+def write_int(path: Path) -> None:
+    torch.save(101, path)
+
+
+def write_plain_pickle(path: Path) -> None:
+    path.write_bytes(pickle.dumps({"fc.weight": [1, 2]}, protocol=4))
+
+
+def write_non_tensor_values(path: Path) -> None:
+    torch.save({"epoch": 3, "model": {"fc.weight": torch.ones(2, 2)}}, path)
+
+
+def write_object(path: Path) -> None:
+    torch.save({"model": Opaque()}, path)
+
+
+def write_text(path: Path) -> None:
+    path.write_text("hello world")
+
+
+def write_bad_safetensors(path: Path) -> None:
+    path.write_bytes(b"garbage")
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "found"),
+    [
+        ("tensor.pt", write_tensor, "a tensor of shape [3]"),
+        ("list.pt", write_list, "a list of 1 items"),
+        ("int.pt", write_int, "the int 101"),
+        ("pickle.pt", write_plain_pickle, "a pickle that torch.load(weights_only=True) refuses"),
+        (
+            "state.pt",
+            write_non_tensor_values,
+            "a dict of 2 entries whose 'epoch' is the int 3 (keys: epoch, model); "
+            "its 'model' entry looks like a state_dict: save that alone",
+        ),
+        ("object.pt", write_object, f"a pickled {__name__}.Opaque, which torch.load(weights_only=True) does not load"),
+        ("text.pt", write_text, "no safetensors or torch.save data (KeyError: 101)"),  # was `KeyError: 101`
+        ("bad.safetensors", write_bad_safetensors, "no safetensors or torch.save data (SafetensorError: "),
+    ],
+)
+def test_a_file_that_is_not_a_state_dict_is_one_line_saying_what_was_found(
+    tmp_path: Path, name: str, write: Callable[[Path], None], found: str
+) -> None:
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ValueError) as caught:
+        load_state_dict(path, "backbone.weights")
+    message = str(caught.value)
+    assert message.startswith(f"backbone.weights {path} is not a state_dict of tensors (found {found}")
+    assert "\n" not in message and len(message) < 400
+
+
+def test_mismatch_summary_names_missing_unexpected_and_the_first_other_shape() -> None:
+    expected = {"a.weight": (4, 3), "b.weight": (2, 2), "c.weight": (5,)}
+    state = {"a.weight": torch.zeros(4, 1), "b.weight": torch.zeros(2, 2), "d.weight": torch.zeros(1)}
+    assert mismatch_summary(expected, state, "net") == (
+        "1 missing keys (c.weight); 1 unexpected keys (d.weight); "
+        "1 tensors of another shape (first a.weight: checkpoint [4, 1], net [4, 3])"
+    )
+    assert mismatch_summary(expected, {k: torch.zeros(v) for k, v in expected.items()}, "net") is None
+    assert describe_checkpoint(state) == "3 tensors in a, b, d"
+    assert describe_checkpoint(state, "a") == "3 tensors in a, b, d; classifier a.weight [4, 1]"

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import torch
 import torchvision
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lavise.models.checkpoints import load_state_dict
 from lavise.models.extractor import build_feature_extractor
@@ -66,6 +68,37 @@ def test_bad_init_is_reported_with_its_params_key(tiny_dataset: Path, tmp_path: 
     with pytest.raises(ValueError, match=r"^target\.init 'IMAGENET_TYPO'"):
         run_target(tiny_dataset / "annotations", tiny_dataset / "raw", tmp_path / "m", tmp_path / "t.json", params)
     assert not (tmp_path / "m").exists()
+
+
+def run_with_init(tiny_dataset: Path, tmp_path: Path, init: str) -> None:
+    params = {**TARGET_PARAMS, "target": {**TARGET_PARAMS["target"], "init": init}}
+    run_target(tiny_dataset / "annotations", tiny_dataset / "raw", tmp_path / "m", tmp_path / "t.json", params)
+
+
+def test_an_init_checkpoint_that_does_not_fit_is_one_line_naming_target_init(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with torch.device("meta"):
+        shapes = torchvision.models.resnet34(num_classes=3).state_dict()
+    other = tmp_path / "resnet34.safetensors"
+    save_file({k: torch.zeros(v.shape, dtype=v.dtype) for k, v in shapes.items()}, str(other))
+    with pytest.raises(ValueError, match=rf"^target\.init {re.escape(str(other))} does not fit resnet18: ") as caught:
+        run_with_init(tiny_dataset, tmp_path, str(other))
+    assert "(it looks like resnet34 with 3 classes)" in str(caught.value) and "\n" not in str(caught.value)
+    torch.save(torch.ones(3), tmp_path / "tensor.pt")
+    expected = f"target.init {tmp_path / 'tensor.pt'} is not a state_dict of tensors (found a tensor of shape [3])"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}"):
+        run_with_init(tiny_dataset, tmp_path, str(tmp_path / "tensor.pt"))
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    hub_file = tmp_path / "home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(FileNotFoundError, match=rf"^target\.init IMAGENET1K_V1: could not download .*{hub_file}"):
+        run_with_init(tiny_dataset, tmp_path, "IMAGENET1K_V1")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "t.json").exists()
 
 
 def test_skip_path_writes_only_config_fast(tmp_path: Path) -> None:

@@ -12,11 +12,11 @@ from lavise.features.cache import open_feature_cache
 from lavise.training.explainer_data import (
     Split,
     batch_bounds,
-    feature_dim,
     gather_batch,
     load_class_vectors,
     load_classes,
     load_split,
+    split_holdout,
 )
 
 
@@ -46,15 +46,38 @@ def test_class_vectors_are_unit_length(tiny_cache: dict[str, Path]) -> None:
     torch.testing.assert_close(vectors.norm(dim=1), torch.ones(2))
 
 
-def test_feature_dim_is_the_columns_and_needs_two_samples_per_split() -> None:
-    """The columns' agreement with meta.json is the cache reader's check (tests/stages/test_train_stage.py)."""
+def samples(image_ids: list[int]) -> Split:
+    """One sample per entry of ``image_ids``, its row its position."""
+    n = len(image_ids)
+    return Split(np.zeros((n, 2), np.float16), np.arange(n), np.zeros(n, np.int64), np.asarray(image_ids), {"x": 1})
 
-    def split(n: int, d: int) -> Split:
-        return Split(np.zeros((n, d), dtype=np.float16), np.arange(n), np.zeros(n, dtype=np.int64), {})
 
-    assert feature_dim(split(3, 6), split(2, 6)) == 6
-    with pytest.raises(ValueError, match="val split has 1 objects"):
-        feature_dim(split(3, 6), split(1, 6))
+def test_holdout_is_a_seeded_slice_of_the_training_images_by_image(tiny_cache: dict[str, Path]) -> None:
+    cache = open_feature_cache(tiny_cache["features"])
+    train = load_split(cache, "train", load_classes(tiny_cache["annotations"]))
+    fit, holdout = split_holdout(train, 0.1, 0)
+    fit_images, held_images = set(fit.image_ids.tolist()), set(holdout.image_ids.tolist())
+    assert len(held_images) == round(0.1 * len(set(train.image_ids.tolist()))) == 7
+    assert not fit_images & held_images  # every object of a held-out image is held out
+    assert fit_images | held_images == set(train.image_ids.tolist())
+    assert sorted(np.concatenate([fit.rows, holdout.rows]).tolist()) == sorted(train.rows.tolist())
+    assert not held_images & set(cache.val_objects["image_id"].tolist())  # never a val image
+    assert fit.n_excluded == train.n_excluded and holdout.n_excluded == {}
+    # a function of (image ids, fraction, seed): the samples' order does not matter
+    order = np.random.default_rng(4).permutation(train.rows.size)
+    shuffled = Split(train.vectors, train.rows[order], train.category_index[order], train.image_ids[order], {})
+    assert set(split_holdout(shuffled, 0.1, 0)[1].image_ids.tolist()) == held_images
+    assert set(split_holdout(train, 0.1, 1)[1].image_ids.tolist()) != held_images
+    assert len(set(split_holdout(train, 0.5, 0)[1].image_ids.tolist())) == round(0.5 * 71)
+
+
+def test_holdout_needs_two_images_and_two_objects_to_train_on() -> None:
+    fit, holdout = split_holdout(samples([3, 3, 9, 9]), 0.1, 0)  # at least one image is held out
+    assert fit.rows.size + holdout.rows.size == 4 and len(set(holdout.image_ids.tolist())) == 1
+    with pytest.raises(ValueError, match=r"^train\.holdout_fraction 0\.1: the train split has 1 image\(s\)"):
+        split_holdout(samples([3, 3]), 0.1, 0, what="train.holdout_fraction")
+    with pytest.raises(ValueError, match=r"holds out 1 of 2 training images and leaves 1 object\(s\) to train on"):
+        split_holdout(samples([1, 2]), 0.5, 0)
 
 
 def test_batch_bounds_cover_everything_without_singletons() -> None:
@@ -71,6 +94,7 @@ def test_gather_batch_matches_per_sample_loop_and_flags_non_finite() -> None:
         vectors=vectors,
         rows=rng.permutation(50)[:30].astype(np.int64),
         category_index=rng.integers(0, 3, 30),
+        image_ids=np.arange(30) // 3,
         n_excluded={},
     )
     picks = np.array([5, 0, 29, 12, 7])
