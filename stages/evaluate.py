@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lavise.data.embeddings import WordEmbeddings
-from lavise.data.images import UnreadableImage, read_image
+from lavise.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_image
 from lavise.data.transforms import preprocess
 from lavise.data.vocabulary import Categories, Vocabulary, load_categories, load_vocabulary
 from lavise.devices import resolve_device
@@ -188,18 +188,24 @@ def cnn_inputs(
     image_path: Callable[[int], Path],
     cnn_filters: np.ndarray,
     device: torch.device,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    root: Path | None = None,
 ) -> CnnInputs | None:
     """The CNN up to the layer and the image loader, when a registered method needs them and some
     evaluated filter is chosen for them; ``None`` otherwise (the CNN is then never built)."""
     if not cnn_filters.any() or not any(method.needs_cnn for method in REGISTRY.values()):
         return None
     extractor = build_feature_extractor(
-        backbone["name"], str(backbone["weights"]), backbone["layer"], num_classes=backbone.get("num_classes")
+        backbone["name"],
+        str(backbone["weights"]),
+        backbone["layer"],
+        num_classes=backbone.get("num_classes"),
+        what="backbone.weights",
     ).to(device)
     resize, crop = geometry
 
     def load_image(row: int) -> torch.Tensor:
-        image = read_image(image_path(row))
+        image = read_image(image_path(row), max_pixels=max_pixels, root=root)
         if isinstance(image, UnreadableImage):  # it had maps: the file changed after `features` ran
             raise ValueError(f"{image}; the image changed since the features stage read it: run features again")
         return preprocess(image, resize, crop)
@@ -365,7 +371,11 @@ def image_file(paths: Paths, inputs: Inputs, row: int) -> Path:
 
 
 def run_evaluate(
-    paths: Paths, backbone: Mapping[str, Any], transform: Mapping[str, Any], settings: Mapping[str, Any]
+    paths: Paths,
+    backbone: Mapping[str, Any],
+    transform: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """The stage with the `evaluate` params section ``settings``; ``backbone["weights"]`` must be
     resolved already (it is only used to re-run the CNN). Returns the metrics."""
@@ -373,7 +383,15 @@ def run_evaluate(
     geometry = (int(transform["resize"]), int(transform["crop"]))
     inputs = load_inputs(paths, settings, device)
     selection = select_pairs(inputs, settings)
-    cnn = cnn_inputs(backbone, geometry, lambda row: image_file(paths, inputs, row), inputs.cnn_filters, device)
+    cnn = cnn_inputs(
+        backbone,
+        geometry,
+        lambda row: image_file(paths, inputs, row),
+        inputs.cnn_filters,
+        device,
+        max_pixels,
+        paths.raw,
+    )
     outputs, ground_truth = explain_and_find_truth(inputs, selection, settings, cnn, geometry, device)
     results = score(inputs, selection, outputs, ground_truth, settings, device)
     write_outputs(paths, inputs, selection, results, settings, geometry)
@@ -407,7 +425,8 @@ def main() -> None:
         metrics=args.metrics,
         results=args.results,
     )
-    run_evaluate(paths, {**backbone, "weights": weights}, params["transform"], params["evaluate"])
+    max_pixels = params["images"]["max_pixels"]
+    run_evaluate(paths, {**backbone, "weights": weights}, params["transform"], params["evaluate"], max_pixels)
 
 
 if __name__ == "__main__":

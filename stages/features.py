@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lavise.devices import resolve_device
+from lavise.features.cache import InsufficientSpaceError
 from lavise.features.extract import ExtractionSettings, build_feature_cache
 from lavise.models.checkpoints import resolve_weights
 from stages.backbone_params import validate_backbone
@@ -31,6 +32,7 @@ def extraction_settings(params: dict[str, Any], target_model: Path) -> Extractio
         chunk_images=features["chunk_images"],
         device=resolve_device(features["device"], "features.device"),
         decode=features["decode"],
+        max_pixels=params["images"]["max_pixels"],
     )
 
 
@@ -43,13 +45,17 @@ def main() -> None:
         target_model="models/target",
         out="data/features",
     )
-    build_feature_cache(
-        args.annotations,
-        args.raw / params["dataset"],
-        args.out,
-        extraction_settings(params, args.target_model),
-        num_workers=params["features"]["num_workers"],
-    )
+    try:
+        build_feature_cache(
+            args.annotations,
+            args.raw / params["dataset"],
+            args.out,
+            extraction_settings(params, args.target_model),
+            num_workers=params["features"]["num_workers"],
+            resize_what="transform.resize",
+        )
+    except InsufficientSpaceError as error:  # refused before writing: its own line says what it needs (exit 1)
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

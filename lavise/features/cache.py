@@ -12,17 +12,25 @@ A cache directory (``data/features``, described in docs/ARCHITECTURE.md) holds:
   (``row``, ``image_id``).
 
 Writer: results are written in chunks under ``<cache>/.chunks`` (each chunk atomically, the unit
-a killed run resumes from), then streamed into the final files, so peak memory is one chunk
-and a resumed cache is byte-identical to an uninterrupted one. Reader: :func:`open_feature_cache`
-memory-maps the arrays read-only and checks that the files agree with each other, so a consumer
-never indexes a map with a row of another table.
+a killed run resumes from, with the digests of the image files it read), then streamed into the
+final files, so peak memory is one chunk and a resumed cache is byte-identical to an
+uninterrupted one. A full disk must not end in SIGBUS from a write into a memory map: the
+writer checks the free space against what is left to write (:func:`ensure_free_space`),
+allocates every array file in full before mapping it, reports ENOSPC as one OSError naming the
+file, and removes the temporaries a killed writer left (:func:`remove_stale_temps`). Reader:
+:func:`open_feature_cache` memory-maps the arrays read-only and checks that the files agree with
+each other, so a consumer never indexes a map with a row of another table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -65,6 +73,14 @@ TABLE_SCHEMAS = {
 ROW_TABLES = {"train_objects": "train_vectors", "val_objects": "val_vectors", "val_images": "val_maps"}
 ARRAY_NDIM = {"train_vectors": 2, "val_vectors": 2, "val_maps": 4}
 ARRAY_LAYOUT = {"train_vectors": "[n, d]", "val_vectors": "[n, d]", "val_maps": "[N, d, h, w]"}
+CACHE_FILES = (*(f"{name}.npy" for name in ARRAY_NAMES), *(f"{name}.parquet" for name in TABLE_SCHEMAS), META_FILE)
+DIGESTS_FILE = "digests.json"
+# Space estimate of the tables (the arrays' sizes are exact): generous per-row sizes of the
+# uncompressed columns (an error message included) and a per-file allowance for headers/footers.
+OBJECT_ROW_BYTES = 64
+IMAGE_ROW_BYTES = 256
+FILE_OVERHEAD_BYTES = 8192
+FILES_PER_CHUNK = 9
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,12 +192,111 @@ def open_feature_cache(directory: str | Path) -> FeatureCache:
 # Writer
 
 
+class InsufficientSpaceError(OSError):
+    """The disk cannot hold what the writer is about to write (ENOSPC, before anything is written)."""
+
+    def __init__(self, message: str, directory: Path) -> None:
+        super().__init__(errno.ENOSPC, message, str(directory))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def format_size(n_bytes: float) -> str:
+    """``n_bytes`` for a message: GB from 0.1 GB, MB below."""
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def estimated_bytes(
+    n_images: Any, n_train_objects: Any, n_val_objects: Any, n_val_images: Any, map_shape: tuple[int, int, int]
+) -> Any:
+    """Bytes of a cache, or of one chunk, with these counts (numbers or numpy arrays of them):
+    the arrays exactly (float16), the tables by a generous per-row estimate."""
+    channels, height, width = map_shape
+    item = np.dtype(DTYPE).itemsize
+    arrays = (n_train_objects + n_val_objects) * channels * item + n_val_images * channels * height * width * item
+    tables = (n_train_objects + n_val_objects) * OBJECT_ROW_BYTES + n_images * IMAGE_ROW_BYTES
+    return arrays + tables + FILES_PER_CHUNK * FILE_OVERHEAD_BYTES
+
+
+def ensure_free_space(out_dir: Path, *, chunks_bytes: int, cache_bytes: int) -> None:
+    """Refuse (:class:`InsufficientSpaceError`) before the pass unless ``out_dir``'s disk can hold
+    the chunks still to write, the assembled cache beside them, and the previous cache's files,
+    which are freed only as each is replaced (a failed run must leave them as they were)."""
+    previous = sum((out_dir / name).stat().st_size for name in CACHE_FILES if (out_dir / name).is_file())
+    needed = chunks_bytes + cache_bytes + previous
+    free = shutil.disk_usage(out_dir).free
+    if needed > free:
+        parts = (
+            f"{format_size(chunks_bytes)} for the chunks still to compute, {format_size(cache_bytes)} for the cache, "
+            f"{format_size(previous)} until the previous cache there is replaced"
+        )
+        raise InsufficientSpaceError(
+            f"features needs {format_size(needed)} in {out_dir}, {format_size(free)} free ({parts}); "
+            "free some space or write the cache to a larger disk",
+            out_dir,
+        )
+
+
+def remove_stale_temps(out_dir: Path) -> None:
+    """Remove the temporaries a killed writer left in ``out_dir``: hidden ``.<file>.*.tmp`` of the
+    cache's files and the chunks' ``.chunk_*.tmp``/``.old`` directories. A kill -9 (or a SIGBUS)
+    skips every cleanup, and one stale 8 MB map filled the disk for the next run. The writer
+    owns ``out_dir`` (as it does to discard stale chunks), so no live writer's temp is touched."""
+    stale = [path for name in CACHE_FILES for path in out_dir.glob(f".{name}.*.tmp")]
+    chunks_root = out_dir / CHUNKS_DIR
+    stale += [*chunks_root.glob(".*.tmp"), *chunks_root.glob(".chunk_*.old")]
+    for path in stale:
+        log.warning("removing %s, left by a writer that was killed", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _disk_full_names(path: Path) -> Iterator[None]:
+    """Turn any ENOSPC while writing ``path`` (from Python, NumPy or Arrow, which name no file,
+    or not the final one) into one OSError(ENOSPC) naming ``path``."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENOSPC or isinstance(error, InsufficientSpaceError):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
+
+
+def allocate_file(path: Path, start: int, end: int) -> None:
+    """Give ``path`` all its blocks from ``start`` to ``end`` now (it is that long already,
+    sparse), so that writes through a memory map cannot fault later: on a full disk a sparse file
+    ends the process with SIGBUS; ENOSPC is raised here instead. Where the filesystem has no
+    fallocate, zeros are written over the range (the content it has anyway)."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), start, end - start)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS):
+                raise
+        except AttributeError:  # no posix_fallocate on this platform
+            pass
+        zeros = bytes(1 << 20)
+        f.seek(start)
+        for position in range(start, end, len(zeros)):
+            f.write(zeros[: min(len(zeros), end - position)])
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def prepare_chunks(out_dir: Path, fingerprint: dict[str, Any], n_chunks: int) -> tuple[list[Path], list[int]]:
     """The chunk directories of a cache and the indices of those still to write.
 
-    ``fingerprint`` is everything that changes a chunk's bytes; chunks left by a run with another
-    fingerprint are discarded, those of a killed run with the same one are kept (the resume).
+    ``fingerprint`` is everything besides the images' bytes that changes a chunk's bytes; chunks
+    left by a run with another fingerprint are discarded, those of a killed run with the same one
+    are kept (the resume: the caller still checks each kept chunk's image digests). A killed
+    writer's temporaries are removed first.
     """
+    remove_stale_temps(out_dir)
     chunks_root = out_dir / CHUNKS_DIR
     fingerprint_path = chunks_root / FINGERPRINT_FILE
     if chunks_root.exists() and (not fingerprint_path.is_file() or read_json(fingerprint_path) != fingerprint):
@@ -194,18 +309,34 @@ def prepare_chunks(out_dir: Path, fingerprint: dict[str, Any], n_chunks: int) ->
 
 
 def write_chunk(
-    chunk_dir: Path, arrays: dict[str, np.ndarray], tables: dict[str, pa.Table], counts: dict[str, int]
+    chunk_dir: Path,
+    arrays: dict[str, np.ndarray],
+    tables: dict[str, pa.Table],
+    counts: dict[str, int],
+    digests: Sequence[str | None] = (),
 ) -> None:
     """Write one chunk atomically: it exists complete or not at all (the resume unit).
 
     ``arrays``/``tables``: every name of ARRAY_NAMES/TABLE_SCHEMAS, ``row`` local to the chunk.
+    ``digests``: per image of the chunk, the digest of the file as it was read (see
+    :func:`chunk_digests`), so that a resumed run can tell that the chunk's inputs changed.
     """
-    with atomic_dir(chunk_dir) as tmp:
+    with _disk_full_names(chunk_dir), atomic_dir(chunk_dir) as tmp:
         (tmp / "counts.json").write_text(json.dumps(counts, sort_keys=True))
+        (tmp / DIGESTS_FILE).write_text(json.dumps(list(digests)))
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
         for name, table in tables.items():
             pq.write_table(table, tmp / f"{name}.parquet")
+
+
+def chunk_digests(chunk_dir: Path) -> list[str | None] | None:
+    """The image digests a chunk was written with; None for a chunk without them (unverifiable)."""
+    try:
+        digests = json.loads((chunk_dir / DIGESTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return digests if isinstance(digests, list) else None
 
 
 def _assemble_arrays(chunk_dirs: list[Path], out_dir: Path, totals: dict[str, int]) -> None:
@@ -214,8 +345,11 @@ def _assemble_arrays(chunk_dirs: list[Path], out_dir: Path, totals: dict[str, in
         headers = [np.load(chunk / f"{name}.npy", mmap_mode="r") for chunk in chunk_dirs]
         total = sum(part.shape[0] for part in headers)
         totals[name] = total
-        with atomic_path(out_dir / f"{name}.npy") as tmp:
+        path = out_dir / f"{name}.npy"
+        with _disk_full_names(path), atomic_path(path) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(total, *headers[0].shape[1:]))
+            if array.nbytes:
+                allocate_file(tmp, array.offset, array.offset + array.nbytes)
             offset = 0
             for part in headers:
                 array[offset : offset + part.shape[0]] = part
@@ -229,7 +363,8 @@ def _assemble_tables(chunk_dirs: list[Path], out_dir: Path) -> None:
     """Concatenate each table over the chunks, shifting ``row`` by the rows of earlier chunks."""
     for name, schema in TABLE_SCHEMAS.items():
         row_source = ROW_TABLES.get(name)
-        with atomic_path(out_dir / f"{name}.parquet") as tmp:
+        path = out_dir / f"{name}.parquet"
+        with _disk_full_names(path), atomic_path(path) as tmp:
             with pq.ParquetWriter(tmp, schema) as writer:
                 offset = 0
                 for chunk in chunk_dirs:
@@ -253,5 +388,6 @@ def assemble_chunks(chunk_dirs: list[Path], out_dir: Path) -> dict[str, int]:
 
 def finish_cache(out_dir: Path, meta: dict[str, Any]) -> None:
     """Write meta.json (last: a cache without it is unfinished) and remove the chunks."""
-    write_json(out_dir / META_FILE, meta)
+    with _disk_full_names(out_dir / META_FILE):
+        write_json(out_dir / META_FILE, meta)
     shutil.rmtree(out_dir / CHUNKS_DIR)

@@ -13,14 +13,24 @@ where 16 CPU cores cannot keep up with a GPU's ResNet-18; files outside that set
 decoded by the workers. Results go through the cache writer (:mod:`lavise.features.cache`) in
 chunks of ``chunk_images`` images; a killed run resumes from the first missing chunk, and
 batches never straddle chunks, so every batch of a resumed run is computed exactly as before.
+A chunk is reused only if its images' files still have the digests the workers computed from
+the bytes they read (a file replaced after a kill, even by one of the same size, is recomputed).
+
+Before the pass: the geometry must fit in memory (a ``resize`` of 100000 would resize each image
+to gigabytes; :func:`check_geometry_memory`) and the cache on the disk (the writer's
+:func:`~lavise.features.cache.ensure_free_space`), so both end with one message, not an
+allocator error or a full disk hours later.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
+import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,17 +44,19 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lavise.data.images import (
+    DEFAULT_MAX_PIXELS,
     IMAGE_STATUSES,
     OK,
     UNDECODABLE,
     UnreadableImage,
     decode_jpegs_on_device,
     device_decodable_size,
+    header_refusal,
     read_image,
     read_image_bytes,
 )
 from lavise.data.masks import image_object_masks
-from lavise.data.transforms import mask_to_grid, masks_to_crop, to_model_input, transform_geometry
+from lavise.data.transforms import mask_to_grid, masks_to_crop, resized_size, to_model_input, transform_geometry
 from lavise.features.cache import (
     DTYPE,
     FORMAT_VERSION,
@@ -52,18 +64,30 @@ from lavise.features.cache import (
     OBJECTS_SCHEMA,
     VAL_IMAGES_SCHEMA,
     assemble_chunks,
+    chunk_digests,
+    ensure_free_space,
+    estimated_bytes,
     finish_cache,
+    format_size,
     prepare_chunks,
     write_chunk,
 )
 from lavise.features.pooling import masked_pool
 from lavise.io import file_digest
 from lavise.models.extractor import build_feature_extractor, layer_output_shape
+from lavise.models.memory import check_fits
 from lavise.options import DECODE_MODES
 
 log = logging.getLogger(__name__)
 
 POOLING = "mean over h'xw' of maps * mask_to_grid(masks_to_crop(mask))"
+
+
+def image_digest(data: bytes | UnreadableImage) -> str:
+    """What a chunk read of one image: the digest of its bytes, or the status of a file that gave none."""
+    if isinstance(data, UnreadableImage):
+        return f"unreadable:{data.status}"
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class ImageObjectsDataset(Dataset):
@@ -72,7 +96,8 @@ class ImageObjectsDataset(Dataset):
 
     Object geometry (RLE strings, box lists) stays in an Arrow table, compact and shared
     copy-on-write with forked workers without Python refcount churn, and is sliced per image.
-    A file that gives no image is an item with the status and message of ``read_image``.
+    A file that gives no image is an item with the status and message of ``read_image``
+    (``max_pixels``: its pixel limit; a path resolving outside ``raw_dir`` is ``outside_root``).
     """
 
     def __init__(
@@ -85,10 +110,12 @@ class ImageObjectsDataset(Dataset):
         crop: int,
         grid: tuple[int, int],
         decode: str = "workers",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         self.decode = decode
+        self.max_pixels = max_pixels
         self.image_ids = images.column("image_id").to_numpy()
         self.paths = images.column("path").to_pylist()
         self.heights = images.column("height").to_numpy()
@@ -104,23 +131,43 @@ class ImageObjectsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def _failed(self, position: int, status: str, error: str) -> dict[str, Any]:
-        return {"position": position, "status": status, "error": error, "image": None, "encoded": None, "grids": None}
+    def _failed(self, position: int, status: str, error: str, digest: str) -> dict[str, Any]:
+        return {
+            "position": position,
+            "status": status,
+            "error": error,
+            "digest": digest,
+            "image": None,
+            "encoded": None,
+            "grids": None,
+        }
+
+    def read_bytes(self, position: int) -> bytes | UnreadableImage:
+        """The bytes of image ``position``'s file, read as ``__getitem__`` reads them (the resume
+        check hashes the same bytes), or why there are none."""
+        if self.statuses[position] != OK:
+            return UnreadableImage(self.statuses[position], "status in annotations images.parquet")
+        return read_image_bytes(self.raw_dir / self.paths[position], root=self.raw_dir)
+
+    def digest(self, position: int) -> str:
+        """:func:`image_digest` of the file as it is now."""
+        return image_digest(self.read_bytes(position))
 
     def __getitem__(self, position: int) -> dict[str, Any]:
-        if self.statuses[position] != OK:
-            return self._failed(position, self.statuses[position], "status in annotations images.parquet")
         path = self.raw_dir / self.paths[position]
-        data = read_image_bytes(path)
+        data = self.read_bytes(position)
+        digest = image_digest(data)
         if isinstance(data, UnreadableImage):
-            return self._failed(position, data.status, data.error)
+            return self._failed(position, data.status, data.error, digest)
         height, width = int(self.heights[position]), int(self.widths[position])
         image, encoded = None, None
         size = device_decodable_size(data) if self.decode == "device" else None
+        if size is not None and (refused := header_refusal(data, str(path), self.max_pixels)):
+            return self._failed(position, refused.status, refused.error, digest)
         if size is None:
-            image = read_image(path, data)
+            image = read_image(path, data, max_pixels=self.max_pixels)
             if isinstance(image, UnreadableImage):
-                return self._failed(position, image.status, image.error)
+                return self._failed(position, image.status, image.error, digest)
             size = (int(image.shape[1]), int(image.shape[2]))
         else:
             encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -129,6 +176,7 @@ class ImageObjectsDataset(Dataset):
                 position,
                 UNDECODABLE,
                 f"{path}: decoded {size[0]}x{size[1]} but annotated {height}x{width}; masks would not align",
+                digest,
             )
         start, end = int(self.object_offsets[position]), int(self.object_offsets[position + 1])
         object_rows = self.objects.slice(start, end - start).to_pandas()
@@ -138,6 +186,7 @@ class ImageObjectsDataset(Dataset):
             "position": position,
             "status": OK,
             "error": None,
+            "digest": digest,
             "label": str(path),
             "image": None if image is None else transform_geometry(image, self.resize, self.crop),
             "encoded": encoded,
@@ -165,6 +214,7 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
         "positions": [item["position"] for item in items],
         "statuses": [item["status"] for item in items],
         "errors": [item["error"] for item in items],
+        "digests": [item["digest"] for item in items],
         "ok_positions": [item["position"] for item in ok],
         "images": torch.stack(crops) if crops else torch.zeros((0, 3, 1, 1), dtype=torch.uint8),
         "crop_rows": [row for row, item in enumerate(ok) if item["image"] is not None],
@@ -176,7 +226,7 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def batch_images_on_device(
-    batch: dict[str, Any], device: torch.device, resize: int, crop: int
+    batch: dict[str, Any], device: torch.device, resize: int, crop: int, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """The batch's uint8 crops ``[n_ok, 3, crop, crop]`` on ``device``, decoding any JPEG bytes there.
 
@@ -189,7 +239,7 @@ def batch_images_on_device(
     images = torch.empty((len(batch["ok_positions"]), 3, crop, crop), dtype=torch.uint8, device=device)
     if batch["crop_rows"]:
         images[batch["crop_rows"]] = batch["images"].to(device, non_blocking=True)
-    decoded = decode_jpegs_on_device(batch["encoded"], batch["labels"], device)
+    decoded = decode_jpegs_on_device(batch["encoded"], batch["labels"], device, max_pixels)
     keep = torch.ones(len(batch["ok_positions"]), dtype=torch.bool)
     statuses, errors = list(batch["statuses"]), list(batch["errors"])
     for row, result in zip(batch["encoded_rows"], decoded):
@@ -213,7 +263,12 @@ def batch_images_on_device(
 
 
 def forward_batches(
-    loader: DataLoader, extractor: nn.Module, device: torch.device, resize: int, crop: int
+    loader: DataLoader,
+    extractor: nn.Module,
+    device: torch.device,
+    resize: int,
+    crop: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]]:
     """Yield (batch, pooled object vectors [B, K, d], maps [B, d, h', w']) as float16 numpy."""
     use_autocast = device.type == "cuda"
@@ -222,7 +277,7 @@ def forward_batches(
         if not batch["ok_positions"]:
             yield batch, None, None
             continue
-        batch, images = batch_images_on_device(batch, device, resize, crop)
+        batch, images = batch_images_on_device(batch, device, resize, crop, max_pixels)
         if not batch["ok_positions"]:
             yield batch, None, None
             continue
@@ -286,7 +341,8 @@ class ExtractionSettings:
     """Everything besides the inputs' content that changes the cache's bytes.
 
     ``weights``: a torchvision weights name, ``none`` or a checkpoint path (``target`` already
-    resolved); ``layer``: a module name of ``model``; ``decode``: one of DECODE_MODES.
+    resolved); ``layer``: a module name of ``model``; ``decode``: one of DECODE_MODES;
+    ``max_pixels``: the pixel limit of an image's header (a larger image is ``too_large``).
     """
 
     model: str
@@ -299,6 +355,7 @@ class ExtractionSettings:
     chunk_images: int
     device: torch.device
     decode: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def _fingerprint(annotations_dir: Path, settings: ExtractionSettings) -> dict[str, Any]:
@@ -318,6 +375,7 @@ def _fingerprint(annotations_dir: Path, settings: ExtractionSettings) -> dict[st
         "chunk_images": settings.chunk_images,
         "device": settings.device.type,
         "decode": settings.decode,
+        "max_pixels": settings.max_pixels,
         "torch": torch.__version__,
         "annotations_sha256": {
             name: file_digest(annotations_dir / name, "sha256") for name in ("images.parquet", "objects.parquet")
@@ -350,6 +408,92 @@ def _loader(
     )
 
 
+def verify_chunks(
+    dataset: ImageObjectsDataset, chunk_dirs: list[Path], pending: list[int], chunk_images: int, num_workers: int
+) -> list[int]:
+    """``pending`` plus every written chunk whose images' files no longer have the digests it was
+    written with (or that has none): those are discarded, to be computed again. Re-reading the
+    files is cheap next to the CNN; threads overlap the reads (hashing releases the GIL)."""
+    to_write = set(pending)
+    done = [index for index in range(len(chunk_dirs)) if index not in to_write]
+    stale = []
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        for index in done:
+            positions = range(index * chunk_images, min((index + 1) * chunk_images, len(dataset)))
+            current = list(pool.map(dataset.digest, positions))
+            written = chunk_digests(chunk_dirs[index])
+            if written != current:
+                changed = [p for p, (a, b) in enumerate(zip(written or [], current)) if a != b][:1]
+                where = f" (e.g. {dataset.raw_dir / dataset.paths[positions[changed[0]]]})" if changed else ""
+                log.warning("features: %s read files that changed since%s; recomputing it", chunk_dirs[index], where)
+                shutil.rmtree(chunk_dirs[index])
+                stale.append(index)
+    return sorted([*pending, *stale])
+
+
+def space_needed(
+    inputs: AnnotationInputs, map_shape: tuple[int, int, int], chunk_images: int, pending: list[int]
+) -> tuple[int, int]:
+    """(bytes of the chunks still to write, bytes of the assembled cache), as if every image were
+    ok (an upper bound: unusable images add nothing but their row in images.parquet)."""
+    n_objects = np.diff(inputs.object_offsets)
+    is_val = np.asarray(inputs.images.column("split").to_pylist()) == "val"
+    chunk = np.arange(len(n_objects)) // chunk_images
+    n_chunks = int(chunk[-1]) + 1 if len(chunk) else 0
+    per_chunk = estimated_bytes(
+        np.bincount(chunk, minlength=n_chunks),
+        np.bincount(chunk, weights=n_objects * ~is_val, minlength=n_chunks),
+        np.bincount(chunk, weights=n_objects * is_val, minlength=n_chunks),
+        np.bincount(chunk, weights=is_val, minlength=n_chunks),
+        map_shape,
+    )
+    cache = estimated_bytes(
+        len(n_objects), int((n_objects * ~is_val).sum()), int((n_objects * is_val).sum()), int(is_val.sum()), map_shape
+    )
+    return int(per_chunk[pending].sum()), int(cache)
+
+
+def _worst_image_bytes(inputs: AnnotationInputs, resize: int, crop: int) -> tuple[float, tuple[int, int]]:
+    """The most bytes a decoding process holds for one image: the image (3 channels) or its
+    masks (one each) resized to shorter side ``resize`` as uint8, plus the masks' float crops;
+    and that image's resized (height, width). From the annotated sizes of the ok images."""
+    heights = inputs.images.column("height").to_numpy().astype(np.float64)
+    widths = inputs.images.column("width").to_numpy().astype(np.float64)
+    usable = (np.asarray(inputs.images.column("status").to_pylist()) == OK) & (heights > 0) & (widths > 0)
+    if not usable.any():
+        return 0.0, (0, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        longer = np.floor(resize * np.maximum(heights, widths) / np.minimum(heights, widths))
+    n_objects = np.diff(inputs.object_offsets)
+    per_image = np.where(usable, np.maximum(3, n_objects) * resize * longer + n_objects * crop * crop * 4.0, 0.0)
+    worst = int(np.argmax(per_image))
+    return float(per_image[worst]), resized_size(int(heights[worst]), int(widths[worst]), resize)
+
+
+def check_geometry_memory(
+    inputs: AnnotationInputs, settings: ExtractionSettings, num_workers: int, what: str = "resize"
+) -> None:
+    """ValueError unless the geometry fits in memory, checked from the annotated sizes before
+    anything is allocated: each decoding process resizes one image at a time (the worst case of
+    :func:`_worst_image_bytes`) and a batch's crops go to the model's device as uint8 and float.
+    A lower bound (the model's activations come on top), so only hopeless settings are refused.
+    ``what``: the label of ``resize`` in the message (e.g. its params key)."""
+    image_bytes, (height, width) = _worst_image_bytes(inputs, settings.resize, settings.crop)
+    processes = max(1, num_workers)
+    crop, batch = settings.crop, settings.batch_size
+    crops = batch * 3 * crop * crop * (1 + 4 + 4)  # uint8, normalised float, channels_last copy
+    claim = (
+        f"{what} {settings.resize} needs ~{format_size(processes * image_bytes + crops)} for a batch of {batch} "
+        f"images ({format_size(image_bytes)} to resize an image to {height}x{width} with its masks, in each of "
+        f"{processes} decoding processes; {format_size(crops)} for the batch's {crop}x{crop} crops)"
+    )
+    remedy = f"choose a smaller {what}, crop or batch size"
+    on_cpu = settings.device.type == "cpu"
+    check_fits(int(processes * image_bytes + (crops if on_cpu else 0)), torch.device("cpu"), claim, remedy)
+    if not on_cpu:
+        check_fits(crops, settings.device, claim, remedy)
+
+
 # --------------------------------------------------------------------------------------------
 # Per-chunk results
 
@@ -363,6 +507,7 @@ class _ChunkBuffer:
     splits: list[str]
     statuses: list[str | None]
     errors: list[str | None]
+    digests: list[str | None]
     vectors: list[np.ndarray | None]
     maps: list[np.ndarray | None]
     coverages: list[np.ndarray | None]
@@ -371,7 +516,7 @@ class _ChunkBuffer:
     @classmethod
     def empty(cls, start: int, image_ids: list[int], splits: list[str]) -> _ChunkBuffer:
         size = len(image_ids)
-        return cls(start, image_ids, splits, [None] * size, [None] * size, [None] * size, [None] * size, [None] * size)
+        return cls(start, image_ids, splits, *([None] * size for _ in range(6)))
 
     def complete(self) -> bool:
         return all(status is not None for status in self.statuses)
@@ -385,12 +530,15 @@ def _record_batch(
     object_offsets: np.ndarray,
     cells: int,
 ) -> None:
-    """Store one batch's statuses and, per ok image, its object vectors, coverages (share of the
-    ``cells`` grid cells each mask covers) and val maps."""
+    """Store one batch's statuses, file digests and, per ok image, its object vectors, coverages
+    (share of the ``cells`` grid cells each mask covers) and val maps."""
     start = buffer.start
-    for position, status, error in zip(batch["positions"], batch["statuses"], batch["errors"]):
+    for position, status, error, digest in zip(
+        batch["positions"], batch["statuses"], batch["errors"], batch["digests"]
+    ):
         buffer.statuses[position - start] = status
         buffer.errors[position - start] = error
+        buffer.digests[position - start] = digest
     coverage = batch["grids"].sum(dim=(2, 3))  # [B, K]
     for row, position in enumerate(batch["ok_positions"]):
         n_objects = int(object_offsets[position + 1] - object_offsets[position])
@@ -478,7 +626,7 @@ def _compute_chunks(
     splits = inputs.images.column("split").to_pylist()
     buffers: dict[int, _ChunkBuffer] = {}
     computed, sent_to_device_decoder = 0, 0
-    batches = forward_batches(loader, extractor, settings.device, settings.resize, settings.crop)
+    batches = forward_batches(loader, extractor, settings.device, settings.resize, settings.crop, settings.max_pixels)
     with tqdm(total=total, desc="features", unit="img") as progress:
         for batch, pooled, maps in batches:
             chunk = batch["positions"][0] // size
@@ -492,7 +640,8 @@ def _compute_chunks(
             computed += len(batch["positions"])
             if buffer.complete():
                 arrays, tables = _chunk_tables(buffer, inputs, map_shape)
-                write_chunk(chunk_dirs[chunk], arrays, tables, {"objects_outside_crop": buffer.objects_outside_crop})
+                counts = {"objects_outside_crop": buffer.objects_outside_crop}
+                write_chunk(chunk_dirs[chunk], arrays, tables, counts, buffer.digests)
                 del buffers[chunk]
     if buffers:
         raise RuntimeError(f"chunks {sorted(buffers)} did not receive all their images")
@@ -524,6 +673,7 @@ def _meta(
         "width": map_shape[2],
         "transform": {"resize": settings.resize, "crop": settings.crop},
         "decode": settings.decode,
+        "max_pixels": settings.max_pixels,
         "pooling": POOLING,
         "dtype": "float16",
         "counts": {
@@ -546,11 +696,12 @@ def _log_summary(meta: dict[str, Any], settings: ExtractionSettings, computed: i
             "features: %d objects lie entirely outside the centre crop; their vectors are zero",
             counts["objects_outside_crop"],
         )
-    if counts["images_missing"] or counts["images_undecodable"]:
+    unusable = {status: counts[f"images_{status}"] for status in IMAGE_STATUSES if counts[f"images_{status}"]}
+    unusable.pop(OK, None)
+    if unusable:
         log.warning(
-            "features: %d missing and %d undecodable images recorded in images.parquet and skipped",
-            counts["images_missing"],
-            counts["images_undecodable"],
+            "features: %s images recorded in images.parquet and skipped",
+            ", ".join(f"{count} {status}" for status, count in unusable.items()),
         )
     if settings.decode == "device":
         log.info("features: %d of %d images decoded on %s, the rest by the workers", sent, computed, settings.device)
@@ -582,21 +733,21 @@ def _log_plan(
     )
 
 
-def build_feature_cache(
-    annotations_dir: Path, raw_dir: Path, out_dir: Path, settings: ExtractionSettings, *, num_workers: int
-) -> dict[str, Any]:
-    """Run the layer of ``settings`` once per image of ``annotations_dir`` and write the cache.
-
-    ``raw_dir``: where images.parquet's paths are relative to. ``num_workers``: DataLoader
-    workers (decoding; no effect on the bytes). Returns meta.json's content plus timing.
-    """
-    annotations_dir, raw_dir, out_dir = Path(annotations_dir), Path(raw_dir), Path(out_dir)
-    started = time.perf_counter()
-    extractor, map_shape = _load_extractor(settings)
+def _prepare_pass(
+    annotations_dir: Path,
+    raw_dir: Path,
+    out_dir: Path,
+    settings: ExtractionSettings,
+    num_workers: int,
+    resize_what: str,
+) -> tuple[AnnotationInputs, nn.Module, tuple[int, int, int], ImageObjectsDataset, list[Path], list[int]]:
+    """Everything checked before the first batch: the tables, the geometry's memory, the model,
+    the chunks a resume keeps (same settings, same image bytes) and the free space for the rest."""
     inputs = prepare_tables(annotations_dir)
-    n_images = inputs.images.num_rows
-    if n_images == 0:
+    if inputs.images.num_rows == 0:
         raise ValueError(f"{annotations_dir}/images.parquet lists no images")
+    check_geometry_memory(inputs, settings, num_workers, resize_what)  # before the model's dummy pass
+    extractor, map_shape = _load_extractor(settings)
     # Built before any chunk is touched: it also rejects an unknown ``decode``.
     dataset = ImageObjectsDataset(
         inputs.images,
@@ -607,11 +758,38 @@ def build_feature_cache(
         settings.crop,
         map_shape[1:],
         decode=settings.decode,
+        max_pixels=settings.max_pixels,
     )
-    n_chunks = max(1, -(-n_images // settings.chunk_images))
+    n_chunks = max(1, -(-inputs.images.num_rows // settings.chunk_images))
     chunk_dirs, pending = prepare_chunks(out_dir, _fingerprint(annotations_dir, settings), n_chunks)
-    _log_plan(settings, map_shape, n_images, n_chunks, len(pending))
-    batches = chunk_batches(pending, n_images, settings.chunk_images, settings.batch_size)
+    pending = verify_chunks(dataset, chunk_dirs, pending, settings.chunk_images, num_workers)
+    chunks_bytes, cache_bytes = space_needed(inputs, map_shape, settings.chunk_images, pending)
+    ensure_free_space(out_dir, chunks_bytes=chunks_bytes, cache_bytes=cache_bytes)
+    _log_plan(settings, map_shape, inputs.images.num_rows, n_chunks, len(pending))
+    return inputs, extractor, map_shape, dataset, chunk_dirs, pending
+
+
+def build_feature_cache(
+    annotations_dir: Path,
+    raw_dir: Path,
+    out_dir: Path,
+    settings: ExtractionSettings,
+    *,
+    num_workers: int,
+    resize_what: str = "resize",
+) -> dict[str, Any]:
+    """Run the layer of ``settings`` once per image of ``annotations_dir`` and write the cache.
+
+    ``raw_dir``: where images.parquet's paths are relative to. ``num_workers``: DataLoader
+    workers (decoding; no effect on the bytes). ``resize_what``: how a message names
+    ``settings.resize``. Returns meta.json's content plus timing.
+    """
+    annotations_dir, raw_dir, out_dir = Path(annotations_dir), Path(raw_dir), Path(out_dir)
+    started = time.perf_counter()
+    inputs, extractor, map_shape, dataset, chunk_dirs, pending = _prepare_pass(
+        annotations_dir, raw_dir, out_dir, settings, num_workers, resize_what
+    )
+    batches = chunk_batches(pending, inputs.images.num_rows, settings.chunk_images, settings.batch_size)
     loader = _loader(dataset, batches, num_workers, settings.device)
     total = sum(len(batch) for batch in batches)
     computed, sent = _compute_chunks(loader, extractor, inputs, chunk_dirs, settings, map_shape, total)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -12,12 +16,17 @@ import pytest
 
 from lavise.features.cache import (
     TABLE_SCHEMAS,
+    InsufficientSpaceError,
+    allocate_file,
     assemble_chunks,
+    ensure_free_space,
     finish_cache,
     open_feature_cache,
     prepare_chunks,
+    remove_stale_temps,
     write_chunk,
 )
+from stages.cli import run_stage
 from tests.writers.cache import write_feature_cache, write_feature_cache_in_chunks
 
 CHANNELS, GRID = 3, (2, 2)
@@ -207,3 +216,129 @@ def test_meta_shape_must_be_the_maps_shape(tmp_path: Path) -> None:
     np.save(directory / "train_vectors.npy", np.zeros((4, 5), np.float16))
     with pytest.raises(ValueError, match=r"meta.json channels=3 but train_vectors.npy has 5 columns"):
         open_feature_cache(directory)
+
+
+# --------------------------------------------------------------------------------------------
+# A full disk (issue 13, item 3): the writer allocates its files up front, so the memory-mapped
+# arrays cannot fault (SIGBUS) later; ENOSPC is one OSError naming the output; no temp is left.
+
+
+def _two_chunks(out: Path) -> list[Path]:
+    chunk_dirs, _ = prepare_chunks(out, {"run": 1}, 2)
+    write_chunk(chunk_dirs[0], *_chunk(2, 1, [1, 2]), {"objects_outside_crop": 0})
+    write_chunk(chunk_dirs[1], *_chunk(3, 2, [3]), {"objects_outside_crop": 0})
+    return chunk_dirs
+
+
+def _temps(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob(".*") if p.name.endswith((".tmp", ".old")))
+
+
+def _no_space(*args: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_assembling_is_one_error_naming_the_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "features"
+    chunk_dirs = _two_chunks(out)
+    monkeypatch.setattr(os, "posix_fallocate", _no_space)
+    with pytest.raises(OSError) as raised:
+        assemble_chunks(chunk_dirs, out)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(out / "train_vectors.npy")
+    assert _temps(out) == [] and not (out / "train_vectors.npy").exists()
+    assert all(chunk.is_dir() for chunk in chunk_dirs)  # kept: the run resumes once there is space
+    monkeypatch.delenv("LAVISE_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(lambda: assemble_chunks(chunk_dirs, out))
+    assert exit_info.value.code == 1
+    target = out / "train_vectors.npy"
+    line = f"error: no space left on the device writing {target}; free some space and run the stage again"
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_arrays_are_allocated_before_they_are_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every block of an array file exists before the first write into its memory map (a sparse
+    file would fault with SIGBUS on a full disk); where the filesystem cannot fallocate, zeros
+    are written instead, with the same result."""
+    allocated: dict[str, int] = {}
+    real_fallocate = os.posix_fallocate
+
+    def record(fd: int, offset: int, length: int) -> None:
+        allocated[Path(os.readlink(f"/proc/self/fd/{fd}")).name.split(".")[1]] = offset + length
+        real_fallocate(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", record)
+    out = tmp_path / "features"
+    assemble_chunks(_two_chunks(out), out)
+    assert sorted(allocated) == ["train_vectors", "val_maps"]  # val_vectors holds no rows
+    for name in allocated:
+        assert allocated[name] == (out / f"{name}.npy").stat().st_size
+
+    def unsupported(*args: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    fallback = tmp_path / "fallback"
+    assemble_chunks(_two_chunks(fallback), fallback)
+    for name in ("train_vectors", "val_vectors", "val_maps"):
+        assert (fallback / f"{name}.npy").read_bytes() == (out / f"{name}.npy").read_bytes()
+    sparse = tmp_path / "sparse.bin"
+    sparse.write_bytes(b"header")
+    os.truncate(sparse, 4 << 20)
+    allocate_file(sparse, 6, 4 << 20)
+    assert sparse.stat().st_blocks * 512 >= 4 << 20 and sparse.read_bytes() == b"header" + bytes((4 << 20) - 6)
+
+
+def test_a_full_disk_writing_a_table_or_a_chunk_is_one_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "features"
+    chunk_dirs = _two_chunks(out)
+
+    def arrow_full(self: object, table: pa.Table, *args: object) -> None:
+        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", arrow_full)
+    with pytest.raises(OSError) as raised:
+        assemble_chunks(chunk_dirs, out)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(out / "images.parquet")
+    assert _temps(out) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(np, "save", _no_space)
+    with pytest.raises(OSError) as raised:
+        write_chunk(out / ".chunks" / "chunk_000002", *_chunk(1, 1, [4]), {"objects_outside_crop": 0})
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(out / ".chunks" / "chunk_000002")
+    assert _temps(out) == [] and not (out / ".chunks" / "chunk_000002").exists()
+
+
+def test_free_space_is_checked_against_what_is_still_to_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "features"
+    out.mkdir()
+    (out / "val_maps.npy").write_bytes(b"\0" * 3_000_000)  # a previous cache: held until replaced
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=0, free=1_500_000))
+    with pytest.raises(InsufficientSpaceError) as raised:
+        ensure_free_space(out, chunks_bytes=2_000_000, cache_bytes=2_500_000)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(out)
+    assert str(raised.value) == (
+        f"features needs 7.5 MB in {out}, 1.5 MB free (2.0 MB for the chunks still to compute, 2.5 MB for the "
+        "cache, 3.0 MB until the previous cache there is replaced); free some space or write the cache to a "
+        "larger disk"
+    )
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=0, free=7_500_000))
+    ensure_free_space(out, chunks_bytes=2_000_000, cache_bytes=2_500_000)
+
+
+def test_stale_temps_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
+    out = tmp_path / "features"
+    chunk_dirs = _two_chunks(out)
+    (out / ".val_maps.npy.k3j4h5.tmp").write_bytes(b"\0" * 8_000_000)  # a killed assembly
+    (out / ".chunks" / ".chunk_000002.x8y9.tmp").mkdir()  # a killed chunk write
+    (out / ".chunks" / ".chunk_000002.x8y9.tmp" / "val_maps.npy").write_bytes(b"\0" * 100)
+    (out / ".chunks" / ".chunk_000001.old").mkdir()  # a killed chunk replacement
+    (out / "notes.txt").write_text("not the writer's: kept")
+    assert len(_temps(out)) == 3
+    remove_stale_temps(out)
+    assert _temps(out) == [] and (out / "notes.txt").exists()
+    assert all(chunk.is_dir() for chunk in chunk_dirs)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -403,3 +408,130 @@ def test_device_decode_sends_only_plain_jpegs_to_the_device(demo: dict[str, Path
     }
     with pytest.raises(ValueError, match="decode must be one of"):
         ImageObjectsDataset(images, objects, offsets, demo["raw"], RESIZE, CROP, (8, 8), decode="gpu")
+
+
+def test_resume_recomputes_a_chunk_whose_image_changed(
+    demo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13, item 6: a chunk is reused only if the images it read are byte for byte the same.
+    Image 10 (chunk 0) is replaced by its mirror image (same size) after a kill."""
+    raw = tmp_path / "raw"
+    shutil.copytree(demo["raw"], raw)
+    real_write = extract.write_chunk
+
+    def write_one_then_die(chunk_dir: Path, *args: Any) -> None:
+        if chunk_dir.name != "chunk_000000":
+            raise KeyboardInterrupt("simulated kill")
+        real_write(chunk_dir, *args)
+
+    monkeypatch.setattr(extract, "write_chunk", write_one_then_die)
+    out = tmp_path / "features"
+    with pytest.raises(KeyboardInterrupt):
+        _build(demo, out, raw=raw)
+    assert [p.name for p in sorted((out / ".chunks").glob("chunk_*"))] == ["chunk_000000"]
+    with Image.open(raw / "10.jpg") as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(raw / "10.jpg")
+    written: list[str] = []
+
+    def record(chunk_dir: Path, *args: Any) -> None:
+        written.append(chunk_dir.name)
+        real_write(chunk_dir, *args)
+
+    monkeypatch.setattr(extract, "write_chunk", record)
+    result = _build(demo, out, raw=raw)
+    assert written == ["chunk_000000", "chunk_000001", "chunk_000002", "chunk_000003"]
+    assert result["images_computed"] == 10
+    monkeypatch.undo()
+    _build(demo, tmp_path / "fresh", raw=raw)
+    assert _file_bytes(out) == _file_bytes(tmp_path / "fresh")
+
+
+def test_too_little_free_space_is_refused_before_any_chunk(
+    demo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13, item 3: one message with what the cache needs and what is free, before the pass."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=0, free=1000))
+    out = tmp_path / "features"
+    with pytest.raises(OSError, match=rf"^features needs [0-9.]+ MB in {out}, 0.0 MB free \(") as raised:
+        _build(demo, out)
+    assert raised.value.errno == errno.ENOSPC
+    assert not list(out.glob("*.npy")) and not list((out / ".chunks").glob("*chunk_*"))
+
+
+def test_a_stale_temp_of_a_killed_run_does_not_break_the_next(
+    demo: dict[str, Path], built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13, item 3: a run killed while assembling left an 8 MB hidden temp that filled the
+    disk for the next run; the next run removes it before it counts the free space."""
+    out = tmp_path / "features"
+    out.mkdir()
+    stale = out / ".val_maps.npy.a1b2c3.tmp"
+    stale.write_bytes(b"\0" * 8_000_000)
+    real_usage = shutil.disk_usage
+
+    def full_while_stale(path: str) -> Any:  # the disk is full while the stale temp is there
+        usage = real_usage(path)
+        return usage._replace(free=0) if stale.exists() else usage
+
+    monkeypatch.setattr(shutil, "disk_usage", full_while_stale)
+    _build(demo, out)
+    assert not stale.exists()
+    assert _file_bytes(out) == _file_bytes(built)
+
+
+def test_a_resize_too_large_to_allocate_is_refused_with_what_it_needs(demo: dict[str, Path]) -> None:
+    """Issue 13, item 9: resize 100000 would resize each image to 100000 x 133333 (40 GB); under a
+    8 GB address-space limit, so a failure cannot take the machine down, the pass must refuse
+    before allocating anything, with one message."""
+    script = f"""
+import resource, sys, torch
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+from pathlib import Path
+from lavise.features.extract import ExtractionSettings, build_feature_cache
+settings = ExtractionSettings(model="resnet18", weights={str(demo["checkpoint"])!r}, layer="layer2", num_classes=None,
+    resize=100000, crop=64, batch_size=2, chunk_images=3, device=torch.device("cpu"), decode="workers")
+try:
+    build_feature_cache(Path({str(demo["annotations"])!r}), Path({str(demo["raw"])!r}), Path(sys.argv[1]), settings,
+        num_workers=0, resize_what="transform.resize")
+except ValueError as error:
+    print(error)
+"""
+    out = demo["root"] / "huge_resize"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.fullmatch(
+        r"transform\.resize 100000 needs ~45\.0 GB for a batch of 2 images \(45\.0 GB to resize an image to "
+        r"100000x150000 with its masks, in each of 1 decoding processes; 0\.2 MB for the batch's 64x64 crops\), "
+        r"but only [0-9.]+ GB is available on cpu: choose a smaller transform\.resize, crop or batch size\n",
+        result.stdout,
+    ), result.stdout
+    assert not out.exists()
+
+
+def test_the_stage_prints_the_space_refusal_in_one_line(
+    demo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal keeps its figures on the way out of the features stage: one line, exit 1
+    (SystemExit with a message), no traceback; nothing of the cache is written."""
+    from stages import features as stage
+    from stages.cli import run_stage
+
+    target = tmp_path / "target"
+    target.mkdir()
+    shutil.copy(demo["checkpoint"], target / "model.safetensors")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "vg").symlink_to(demo["raw"])
+    (tmp_path / "raw" / "coco").symlink_to(demo["raw"])
+    out = tmp_path / "features"
+    paths = {"annotations": demo["annotations"], "raw": tmp_path / "raw", "out": out, "target-model": target}
+    monkeypatch.setattr(sys, "argv", ["features", *(f"--{k}={v}" for k, v in paths.items())])
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=0, free=1000))
+    monkeypatch.delenv("LAVISE_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(stage.main)
+    message = exit_info.value.code  # printed to stderr by the interpreter, exit status 1
+    assert isinstance(message, str) and "\n" not in message
+    assert re.fullmatch(rf"error: features needs [0-9.]+ MB in {out}, 0\.0 MB free \(.+\); free some space .+", message)
+    assert not list(out.glob("*.npy")) and not list((out / ".chunks").glob("*chunk_*"))
