@@ -13,6 +13,7 @@ tens of gigabytes).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -193,13 +194,17 @@ class OutputLockedError(RuntimeError):
 def output_lock(path: str | os.PathLike[str], owner: str) -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` (an output file or directory) while a stage writes it.
 
-    The lock is ``flock`` on a hidden sibling ``.<name>.lock``: the kernel releases it when the
-    process ends however it ends (kill -9 included), so a stale lock cannot block a later run. The
-    file records who holds it (``owner``, pid, start time) so a second run can say so.
+    The lock is ``flock`` on a file named after the output's absolute path in the system's temp
+    folder (``lavise-locks/``), so the project folders get no lock files and an output whose
+    folder does not exist yet needs none created. The kernel releases a flock when the process
+    ends however it ends (kill -9 included), so a stale lock cannot block a later run. The file
+    records who holds it (``owner``, pid, start time) so a second run can say so.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.with_name(f".{target.name}.lock")
+    folder = Path(tempfile.gettempdir()) / "lavise-locks"
+    folder.mkdir(mode=0o1777, exist_ok=True)
+    key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:24]
+    lock_path = folder / f"{target.name}.{key}.lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     try:
         try:
@@ -214,3 +219,14 @@ def output_lock(path: str | os.PathLike[str], owner: str) -> Iterator[Path]:
         yield lock_path
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+class InsufficientSpaceError(OSError):
+    """The disk cannot hold what a writer is about to write (ENOSPC, refused before anything is
+    written); its message says how much is needed and how much is free."""
+
+    def __init__(self, message: str, directory: str | os.PathLike[str]) -> None:
+        super().__init__(errno.ENOSPC, message, str(directory))
+
+    def __str__(self) -> str:
+        return str(self.strerror)

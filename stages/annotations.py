@@ -40,14 +40,20 @@ def parse(
 
 
 def finish(
-    dataset: str, parsed: ParsedAnnotations, raw_dir: Path, section: dict[str, Any]
+    dataset: str, parsed: ParsedAnnotations, raw_dir: Path, section: dict[str, Any], max_pixels: int
 ) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     """Filter and split: COCO keeps its official split and every category with tokens (seen/unseen
     only with ``annotations.split_coco_categories``); VG gets the ``min_images`` filter and a seeded split."""
     if dataset == "coco":
         seen_fraction = section["seen_fraction"] if section["split_coco_categories"] else None
         return finish_tables(
-            parsed, raw_dir, min_images=None, val_fraction=None, seen_fraction=seen_fraction, seed=section["seed"]
+            parsed,
+            raw_dir,
+            min_images=None,
+            val_fraction=None,
+            seen_fraction=seen_fraction,
+            seed=section["seed"],
+            max_pixels=max_pixels,
         )
     return finish_tables(
         parsed,
@@ -56,6 +62,7 @@ def finish(
         val_fraction=section["val_fraction"],
         seen_fraction=section["seen_fraction"],
         seed=section["seed"],
+        max_pixels=max_pixels,
     )
 
 
@@ -107,7 +114,7 @@ def main() -> None:
         wordnet_dir=args.raw / "wordnet",
         coco_crowd=params["annotations"]["coco_crowd"],
     )
-    tables, statistics = finish(dataset, parsed, raw_dir, params["annotations"])
+    tables, statistics = finish(dataset, parsed, raw_dir, params["annotations"], params["images"]["max_pixels"])
     write_outputs(dataset, tables, statistics, params["annotations"], args.out, args.stats)
 
 

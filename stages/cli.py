@@ -8,12 +8,13 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lavise.io import OutputLockedError, output_lock
+from lavise.io import InsufficientSpaceError, OutputLockedError, output_lock, remove_stale_temps
 from stages.params import ParamsError, load_params
 
 Check = Callable[[Mapping[str, Any], Path], None]
@@ -47,8 +48,18 @@ def start_stage(
         raise SystemExit(2) from None
     owner = f"the {Path(sys.argv[0]).stem} stage"
     for name in outputs:
-        _HELD_LOCKS.enter_context(output_lock(getattr(args, name), owner))
+        path = Path(getattr(args, name))
+        _HELD_LOCKS.enter_context(output_lock(path, owner))
+        for folder in (path.parent, path) if path.is_dir() else (path.parent,):
+            for stale in remove_stale_temps(folder):  # left by a run that was killed while writing
+                logging.getLogger("stages").info("removed %s, left by a killed run", stale)
+    signal.signal(signal.SIGTERM, _terminate)
     return args, params
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM as an exception, so that the atomic writers' cleanup runs before the process ends."""
+    raise SystemExit(128 + signum)
 
 
 TRACEBACK_ENV = "LAVISE_TRACEBACK"  # set to 1 to see the traceback behind a one-line error
@@ -73,6 +84,8 @@ def run_stage(main: Callable[[], None]) -> None:
         if show_traceback:
             raise
         _fail_in_one_line(str(error), 2)
+    except InsufficientSpaceError as error:  # refused before writing: its message says what it needs
+        _fail_in_one_line(str(error), 1)
     except OSError as error:
         if error.errno != errno.ENOSPC or show_traceback:
             raise

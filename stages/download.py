@@ -144,7 +144,7 @@ def prepare_raw_data(
 
 def main() -> None:
     """Read ``download.*`` and build data/raw/; a download failure ends in one line."""
-    args, params = start_stage(__doc__, raw="data/raw", downloads="data/downloads")
+    args, params = start_stage(__doc__, outputs=("raw",), raw="data/raw", downloads="data/downloads")
     section = params["download"]
     try:
         prepare_raw_data(

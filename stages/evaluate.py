@@ -11,6 +11,7 @@ Reads `dataset`, `backbone`, `transform` and `evaluate` from params.yaml.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -323,6 +324,7 @@ def write_outputs(
     results: tuple[dict[str, Any], ResultRows, NetDissectResult],
     settings: Mapping[str, Any],
     geometry: tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> None:
     """explanations.{parquet,csv}, filters.parquet, one heatmap per requested filter, then the metrics.
 
@@ -337,7 +339,7 @@ def write_outputs(
     paths.metrics.unlink(missing_ok=True)
     write_tables(paths.results, rows, top_image_ids, labels, netdissect.label_iou, s_values(settings))
     with atomic_dir(paths.results / "heatmaps") as staging:
-        write_sheets(staging, paths, inputs, selection, rows, settings, geometry)
+        write_sheets(staging, paths, inputs, selection, rows, settings, geometry, max_pixels)
     write_json(paths.metrics, metrics)
 
 
@@ -349,8 +351,10 @@ def write_sheets(
     rows: ResultRows,
     settings: Mapping[str, Any],
     geometry: tuple[int, int],
+    max_pixels: int,
 ) -> None:
-    """One heatmap sheet per requested (and evaluated) filter into ``out_dir``."""
+    """One heatmap sheet per requested (and evaluated) filter into ``out_dir``; images are read with
+    the pixel limit, inside the dataset's folder."""
     write_heatmaps(
         out_dir,
         settings["heatmap_filters"],
@@ -362,6 +366,7 @@ def write_sheets(
         lambda row: image_file(paths, inputs, row),
         rows.words_by_filter(),
         geometry,
+        functools.partial(read_image, max_pixels=max_pixels, root=paths.raw),
     )
 
 
@@ -394,7 +399,7 @@ def run_evaluate(
     )
     outputs, ground_truth = explain_and_find_truth(inputs, selection, settings, cnn, geometry, device)
     results = score(inputs, selection, outputs, ground_truth, settings, device)
-    write_outputs(paths, inputs, selection, results, settings, geometry)
+    write_outputs(paths, inputs, selection, results, settings, geometry, max_pixels)
     metrics, steps = results[0], s_values(settings)
     log.info("recall@%s per method: %s", steps, {m: [metrics[m].get(f"recall@{s}") for s in steps] for m in metrics})
     return metrics

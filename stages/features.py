@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from lavise.devices import resolve_device
-from lavise.features.cache import InsufficientSpaceError
 from lavise.features.extract import ExtractionSettings, build_feature_cache
 from lavise.models.checkpoints import resolve_weights
 from stages.backbone_params import validate_backbone
@@ -40,22 +39,20 @@ def main() -> None:
     args, params = start_stage(
         __doc__,
         checks=(validate_backbone,),
+        outputs=("out",),
         annotations="data/annotations",
         raw="data/raw",
         target_model="models/target",
         out="data/features",
     )
-    try:
-        build_feature_cache(
-            args.annotations,
-            args.raw / params["dataset"],
-            args.out,
-            extraction_settings(params, args.target_model),
-            num_workers=params["features"]["num_workers"],
-            resize_what="transform.resize",
-        )
-    except InsufficientSpaceError as error:  # refused before writing: its own line says what it needs (exit 1)
-        raise SystemExit(f"error: {error}") from None
+    build_feature_cache(
+        args.annotations,
+        args.raw / params["dataset"],
+        args.out,
+        extraction_settings(params, args.target_model),
+        num_workers=params["features"]["num_workers"],
+        resize_what="transform.resize",
+    )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,10 @@ def write_not_trained(out_dir: Path, metrics_path: Path, backbone_weights: str) 
     return {"trained": False}
 
 
-def load_data(annotations_dir: Path, image_root: Path) -> MultiLabelData:
-    """The labelled train/val images; left-out images and objects are warned about."""
-    data = load_multilabel_data(annotations_dir, image_root)
+def load_data(annotations_dir: Path, image_root: Path, max_pixels: int) -> MultiLabelData:
+    """The labelled train/val images, read with the pixel limit inside ``image_root``; left-out
+    images and objects are warned about."""
+    data = load_multilabel_data(annotations_dir, image_root, max_pixels)
     for key, value in data.counts.items():
         if value and ("not_ok" in key or "unlabelled" in key):
             log.warning("target: %s = %d", key, value)
@@ -126,7 +127,7 @@ def run_target(
     if backbone["weights"] != "target":
         return write_not_trained(out_dir, metrics_path, backbone["weights"])
     device = resolve_device(target["device"], "target.device")
-    data = load_data(Path(annotations_dir), Path(raw_dir) / params["dataset"])
+    data = load_data(Path(annotations_dir), Path(raw_dir) / params["dataset"], params["images"]["max_pixels"])
     result = train(data, backbone["name"], target, params["transform"], device)
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(result.state_dict, tmp / "model.safetensors")
@@ -141,6 +142,7 @@ def main() -> None:
     args, params = start_stage(
         __doc__,
         checks=(validate_backbone,),
+        outputs=("out", "metrics"),
         annotations="data/annotations",
         raw="data/raw",
         out="models/target",

@@ -142,6 +142,7 @@ def run_train(
 def main() -> None:
     args, params = start_stage(
         __doc__,
+        outputs=("out", "metrics", "history"),
         features="data/features",
         annotations="data/annotations",
         glove="data/raw/glove",

@@ -44,7 +44,7 @@ from lavise.data.annotation_schema import (
     ParsedAnnotations,
     rejected_frame,
 )
-from lavise.data.images import MISSING, UNDECODABLE, check_image_files
+from lavise.data.images import DEFAULT_MAX_PIXELS, MISSING, OUTSIDE_ROOT, TOO_LARGE, UNDECODABLE, check_image_files
 from lavise.data.splits import split_categories, split_images
 from lavise.io import write_parquet
 
@@ -210,6 +210,8 @@ def _after_statistics(
         "max_categories_per_image": max_categories_per_image(objects["image_id"].to_numpy()),
         "images_missing": int(status_counts.get(MISSING, 0)),
         "images_undecodable": int(status_counts.get(UNDECODABLE, 0)),
+        "images_too_large": int(status_counts.get(TOO_LARGE, 0)),
+        "images_outside_root": int(status_counts.get(OUTSIDE_ROOT, 0)),
     }
 
 
@@ -238,6 +240,7 @@ def finish_tables(
     val_fraction: float | None,
     seen_fraction: float | None,
     seed: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     """Apply the shared protocol (module docstring) and return the four tables and statistics.
 
@@ -254,7 +257,7 @@ def finish_tables(
     objects, dropped_rejected = _reject_dropped_categories(objects, drop_reason)
     images = images.loc[np.unique(objects["image_id"].to_numpy())].reset_index(drop=True)
     categories["role"] = _category_roles(categories, seen_fraction, seed)
-    images["status"] = check_image_files(raw_dir, images["path"].tolist())
+    images["status"] = check_image_files(raw_dir, images["path"].tolist(), max_pixels)
     objects = _numbered_objects(objects)
     rejected = pd.concat([parsed.rejected, *empty_rejected, *dropped_rejected], ignore_index=True)
     n_instances_kept = _checked_instance_count(objects, rejected, parsed.n_records)

@@ -98,12 +98,16 @@ def write_sheet(path: Path, tiles: Sequence[HeatmapTile], header: Sequence[str])
         sheet.save(tmp, format="PNG")
 
 
-def tile_image(path: Path, caption: str, resize: int, crop: int) -> torch.Tensor:
+ImageReader = Callable[[Path], "torch.Tensor | UnreadableImage"]
+
+
+def tile_image(path: Path, caption: str, resize: int, crop: int, read: ImageReader = read_image) -> torch.Tensor:
     """The uint8 crop ``[3, crop, crop]`` of one top image; grey, with a warning, if it is unreadable.
 
-    The warning carries ``read_image``'s status and message, so one bad file does not lose the sheet.
+    The warning carries ``read_image``'s status and message, so one bad file does not lose the sheet;
+    ``read`` is ``read_image`` with the caller's pixel limit and root folder.
     """
-    image = read_image(path)
+    image = read(path)
     if isinstance(image, UnreadableImage):
         log.warning("heatmap %s: %s, drawn grey", caption, image)
         return torch.full((3, crop, crop), 128, dtype=torch.uint8)
@@ -117,6 +121,7 @@ def _tiles(
     captions: Sequence[str],
     resize: int,
     crop: int,
+    read: ImageReader,
 ) -> list[HeatmapTile]:
     """Tiles of one filter's top images: maps ``[k, h, w]`` upsampled, scaled by their joint maximum.
 
@@ -126,7 +131,7 @@ def _tiles(
     scale = max(float(upsampled.max()), 1e-12)
     tiles = []
     for k, (path, caption) in enumerate(zip(image_paths, captions)):
-        image = tile_image(path, caption, resize, crop)
+        image = tile_image(path, caption, resize, crop, read)
         tiles.append(
             HeatmapTile(
                 image=image.permute(1, 2, 0).numpy(),
@@ -149,6 +154,7 @@ def write_heatmaps(
     image_path: Callable[[int], Path],
     words: dict[int, dict[str, list[str]]],
     geometry: tuple[int, int],
+    read: ImageReader = read_image,
 ) -> None:
     """One PNG per requested (and evaluated) filter: its top images with the overlay and its words.
 
@@ -177,5 +183,6 @@ def write_heatmaps(
             [image_path(int(row)) for row in rows],
             [f"image {image_ids[row]}" for row in rows],
             *geometry,
+            read,
         )
         write_sheet(out_dir / f"filter_{filter_index:04d}.png", tiles, header)

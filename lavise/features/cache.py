@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lavise.io import atomic_dir, atomic_path, read_json, write_json
+from lavise.io import InsufficientSpaceError, atomic_dir, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -190,16 +190,6 @@ def open_feature_cache(directory: str | Path) -> FeatureCache:
 
 # --------------------------------------------------------------------------------------------
 # Writer
-
-
-class InsufficientSpaceError(OSError):
-    """The disk cannot hold what the writer is about to write (ENOSPC, before anything is written)."""
-
-    def __init__(self, message: str, directory: Path) -> None:
-        super().__init__(errno.ENOSPC, message, str(directory))
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 def format_size(n_bytes: float) -> str:

@@ -230,7 +230,9 @@ def score_at_geometry(
 ) -> float:
     """mAP of ``model`` on ``images`` resized to ``resize`` and centre-cropped to ``crop``: the
     geometry `features` feeds the backbone, streamed from disk."""
-    view = AugmentedImages(images.labels, crop, False, seed, source=ResizedImageSource(images.files, resize))
+    view = AugmentedImages(
+        images.labels, crop, False, seed, source=ResizedImageSource(images.files, resize, images.read)
+    )
     loader = DataLoader(view, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping_unreadable)
     val_map = validate(model, loader, device, {}, "unreadable")
     log.info("target: val mAP at the features geometry (%d/%d): %.4f", resize, crop, val_map)

@@ -15,8 +15,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import torchvision.transforms.v2.functional as tvf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lavise.data.images import OK, UnreadableImage, read_image
+from lavise.data.images import DEFAULT_MAX_PIXELS, OK, UnreadableImage, read_image
 from lavise.data.transforms import random_resized_crop_box, resize_shorter_side
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class LabelledImages:
     image_ids: np.ndarray  # int64 [n]
     files: list[Path]
     labels: np.ndarray  # float32 [n, n_categories]
+    read: Callable[[Path], torch.Tensor | UnreadableImage] = read_image  # with the stage's pixel limit and root
 
     def __len__(self) -> int:
         return len(self.files)
@@ -63,7 +65,9 @@ class MultiLabelData:
     counts: dict[str, int]
 
 
-def load_multilabel_data(annotations_dir: str | Path, image_root: str | Path) -> MultiLabelData:
+def load_multilabel_data(
+    annotations_dir: str | Path, image_root: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> MultiLabelData:
     """Read the annotation tables into train/val image lists with multi-hot labels.
 
     Labels are every kept category (role seen or unseen) of the image; images whose status is
@@ -101,7 +105,8 @@ def load_multilabel_data(annotations_dir: str | Path, image_root: str | Path) ->
         hit = (ids[order[position]] == object_image) if len(ids) else np.zeros(len(object_image), dtype=bool)
         labels[order[position[hit]], object_category[hit]] = 1.0
         files = [image_root / paths[i] for i in np.flatnonzero(ok)]
-        splits[name] = LabelledImages(ids, files, labels)
+        read = functools.partial(read_image, max_pixels=max_pixels, root=image_root)
+        splits[name] = LabelledImages(ids, files, labels, read)
         counts[f"{name}_images"] = len(ids)
         counts[f"{name}_images_without_label"] = int((labels.sum(1) == 0).sum())
     if len(splits["train"]) == 0:
@@ -118,15 +123,16 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 class ResizedImageSource(Dataset):
     """Decodes image i and resizes its shorter side; ``read_image``'s record for an unreadable file."""
 
-    def __init__(self, files: Sequence[Path], shorter_side: int) -> None:
+    def __init__(self, files: Sequence[Path], shorter_side: int, read: Callable[[Path], Any] = read_image) -> None:
         self.files = list(files)
         self.shorter_side = shorter_side
+        self.read = read
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | UnreadableImage]:
-        image = read_image(self.files[index])
+        image = self.read(self.files[index])
         if isinstance(image, UnreadableImage):
             log.warning("target: skipping %s", image)
             return index, image
@@ -139,12 +145,16 @@ def _first_item(batch: list[Any]) -> Any:
 
 
 def decode_all(
-    files: Sequence[Path], shorter_side: int, num_workers: int, description: str
+    files: Sequence[Path],
+    shorter_side: int,
+    num_workers: int,
+    description: str,
+    read: Callable[[Path], Any] = read_image,
 ) -> list[torch.Tensor | UnreadableImage]:
     """Decode and resize every file once (in workers), in file order."""
     images: dict[int, torch.Tensor | UnreadableImage] = {}
     loader = DataLoader(
-        ResizedImageSource(files, shorter_side), batch_size=1, collate_fn=_first_item, num_workers=num_workers
+        ResizedImageSource(files, shorter_side, read), batch_size=1, collate_fn=_first_item, num_workers=num_workers
     )
     for index, image in tqdm(loader, total=len(files), desc=description, unit="img"):
         images[index] = image
@@ -232,12 +242,12 @@ def make_views(
     ``counter[key]``. Streamed: decoded per item, unreadable ones counted per batch.
     """
     if not cache:
-        source = ResizedImageSource(images.files, shorter_side)
+        source = ResizedImageSource(images.files, shorter_side, images.read)
         return (
             AugmentedImages(images.labels, crop, True, seed, source=source),
             AugmentedImages(images.labels, crop, False, seed, source=source),
         )
-    decoded = decode_all(images.files, shorter_side, num_workers, description)
+    decoded = decode_all(images.files, shorter_side, num_workers, description, images.read)
     readable = np.array([not isinstance(image, UnreadableImage) for image in decoded], dtype=bool)
     counter[key] = int((~readable).sum())
     cached = [image for image in decoded if not isinstance(image, UnreadableImage)]

@@ -222,7 +222,7 @@ def test_stage_keeps_the_official_split_and_splits_categories_only_when_asked(
         "split_coco_categories": split_coco_categories,
         "seed": 4,
     }
-    tables, _ = stage.finish("coco", parsed, raw, section)
+    tables, _ = stage.finish("coco", parsed, raw, section, max_pixels=100_000_000)
     images = tables["images"].to_pandas()
     assert dict(zip(images["image_id"], images["split"])) == {1: "train", 3: "val"}  # no re-split, no min_images
     roles = dict(zip(tables["categories"]["category"].to_pylist(), tables["categories"]["role"].to_pylist()))

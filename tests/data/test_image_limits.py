@@ -242,3 +242,16 @@ def test_feature_dataset_records_outside_root(tmp_path: Path) -> None:
     objects = pa.table({"kind": pa.array([], pa.string()), "rle": pa.array([], pa.string()), "boxes": []})
     item = ImageObjectsDataset(table, objects, np.array([0, 0]), raw, 32, 32, (1, 1))[0]
     assert item["status"] == "outside_root" and item["error"].startswith(f"{raw / 'leak.jpg'}: resolves to")
+
+
+def test_annotations_count_images_over_the_pixel_limit(tmp_path) -> None:
+    """The annotations stage applies `images.max_pixels` too: a file over it is `too_large`, counted."""
+    import numpy as np
+    from PIL import Image
+
+    from lavise.data.images import TOO_LARGE, check_image_files
+
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(tmp_path / "small.jpg")
+    statuses = check_image_files(tmp_path, ["small.jpg"], 40 * 50 - 1)
+    assert statuses.tolist() == [TOO_LARGE]
+    assert check_image_files(tmp_path, ["small.jpg"], 40 * 50).tolist() == ["ok"]

@@ -230,7 +230,7 @@ def test_annotations_stage_steps_real_path(tmp_path: Path, wordnet_root: Path) -
         "split_coco_categories": False,
         "seed": 0,
     }
-    tables, statistics = stage.finish("vg", parsed, raw, section)
+    tables, statistics = stage.finish("vg", parsed, raw, section, max_pixels=100_000_000)
     stats = stage.write_outputs("vg", tables, statistics, section, out, stats_path)
     assert json.loads(stats_path.read_text()) == stats
     from lavise.outputs import check_one_set

@@ -16,7 +16,6 @@ import pytest
 
 from lavise.features.cache import (
     TABLE_SCHEMAS,
-    InsufficientSpaceError,
     allocate_file,
     assemble_chunks,
     ensure_free_space,
@@ -26,6 +25,7 @@ from lavise.features.cache import (
     remove_stale_temps,
     write_chunk,
 )
+from lavise.io import InsufficientSpaceError
 from stages.cli import run_stage
 from tests.writers.cache import write_feature_cache, write_feature_cache_in_chunks
 

@@ -100,7 +100,13 @@ BACKBONE = {"name": "resnet18", "weights": "target", "layer": "layer4", "num_cla
 TRANSFORM = {"resize": 73, "crop": 64}
 WHOLE_IMAGE = (0.0, 0.0, 96.0, 80.0)  # x, y, w, h: the labels of an image are its objects' categories
 # The params sections the `target` stage reads.
-TARGET_PARAMS = {"dataset": "demo", "backbone": BACKBONE, "target": TARGET, "transform": TRANSFORM}
+TARGET_PARAMS = {
+    "dataset": "demo",
+    "backbone": BACKBONE,
+    "target": TARGET,
+    "transform": TRANSFORM,
+    "images": {"max_pixels": 100_000_000},
+}
 
 
 def _draw(rng: np.random.Generator, labels: set[str], size: tuple[int, int]) -> np.ndarray:
