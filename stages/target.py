@@ -129,6 +129,7 @@ def run_target(
     device = resolve_device(target["device"], "target.device")
     data = load_data(Path(annotations_dir), Path(raw_dir) / params["dataset"], params["images"]["max_pixels"])
     result = train(data, backbone["name"], target, params["transform"], device)
+    Path(metrics_path).unlink(missing_ok=True)  # written last: without it the set is unfinished
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(result.state_dict, tmp / "model.safetensors")
         write_json(tmp / "config.json", checkpoint_config(backbone["name"], data, target, result))

@@ -22,6 +22,7 @@ from lavise.devices import resolve_device
 from lavise.features.cache import open_feature_cache
 from lavise.io import write_json
 from lavise.models.explainer import save_explainer
+from lavise.outputs import check_one_set
 from lavise.training.explainer import ExplainerFit, check_settings, train_explainer, write_history
 from lavise.training.explainer_data import Classes, Split, load_class_vectors, load_classes, load_split, split_holdout
 from stages.cli import run_stage, start_stage
@@ -46,6 +47,7 @@ def load_inputs(
 ) -> Inputs:
     """Open and check the cache once, read the classes, their GloVe vectors and the train split,
     and hold out a seeded slice of its images (enough left on both sides is checked there)."""
+    check_one_set(Path(annotations_dir), ("images", "objects", "categories"), "annotations")
     cache = open_feature_cache(features_dir)
     classes = load_classes(Path(annotations_dir))
     class_vectors = load_class_vectors(Path(embeddings_dir), classes.tokens)
@@ -130,6 +132,7 @@ def run_train(
         device=device,
         hidden_what="train.hidden_dim",
     )
+    Path(metrics_path).unlink(missing_ok=True)  # written last: without it the set is unfinished
     save_explainer(fit.model, explainer_config(inputs, fit, settings, embeddings_dir, device), out_dir)
     write_history(Path(history_path), fit.history)
     metrics = train_metrics(inputs, fit, settings["epochs"], device)

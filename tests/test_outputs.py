@@ -32,3 +32,22 @@ def test_mixed_set_is_refused_and_a_whole_set_accepted(tmp_path: Path) -> None:
     assert table_set_id(tmp_path / "images.parquet") == run1
     with pytest.raises(ValueError, match=r"mixes two runs: objects.parquet and images.parquet come from different "):
         check_one_set(tmp_path, ["images", "objects", "categories"], "annotations")
+
+
+def _mixed_annotations(directory: Path) -> Path:
+    directory.mkdir()
+    for name, run in (("images", 1), ("objects", 0), ("categories", 0)):
+        write_parquet(directory / f"{name}.parquet", with_set_id(_table([1]), output_set_id({"seed": run})))
+    return directory
+
+
+def test_features_and_train_refuse_annotation_tables_of_two_runs(tmp_path: Path) -> None:
+    """The consumers of data/annotations check the set before reading anything else."""
+    from lavise.features.extract import prepare_tables
+    from stages.train import load_inputs
+
+    annotations = _mixed_annotations(tmp_path / "annotations")
+    with pytest.raises(ValueError, match="mixes two runs: objects.parquet and images.parquet"):
+        prepare_tables(annotations)
+    with pytest.raises(ValueError, match="mixes two runs"):
+        load_inputs(tmp_path / "no features", annotations, tmp_path / "no glove", 0.1, 0)

@@ -77,6 +77,7 @@ from lavise.io import file_digest
 from lavise.models.extractor import build_feature_extractor, layer_output_shape
 from lavise.models.memory import check_fits
 from lavise.options import DECODE_MODES
+from lavise.outputs import check_one_set
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,9 @@ def prepare_tables(annotations_dir: Path) -> AnnotationInputs:
     """Read images.parquet and objects.parquet into the order the chunks are computed in.
 
     Objects whose image is not in images.parquet cannot be placed: they are counted and logged.
+    Both tables must come from one annotations run (:func:`lavise.outputs.check_one_set`).
     """
+    check_one_set(annotations_dir, ("images", "objects"), "annotations")
     images = pq.read_table(
         annotations_dir / "images.parquet", columns=["image_id", "path", "width", "height", "split", "status"]
     )
