@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmarks.memory import PeakMemory
+from lavise.data.annotation_schema import OBJECTS_SCHEMA
 from lavise.data.transforms import to_model_input
 from lavise.features.extract import (
     ExtractionSettings,
@@ -46,6 +47,8 @@ from lavise.features.extract import (
 from lavise.features.pooling import masked_pool
 from lavise.models.extractor import build_feature_extractor
 from lavise.options import DECODE_MODES
+
+OBJECT_COLUMNS = ("object_id", "image_id", "category", "kind", "rle", "boxes")  # what features reads
 
 
 def generate_dataset(root: Path, n_images: int, seed: int) -> tuple[Path, Path]:
@@ -87,14 +90,7 @@ def generate_dataset(root: Path, n_images: int, seed: int) -> tuple[Path, Path]:
     objects = pa.Table.from_pylist(
         object_rows,
         schema=pa.schema(
-            [
-                ("object_id", pa.int64()),
-                ("image_id", pa.int64()),
-                ("category", pa.string()),
-                ("kind", pa.string()),
-                ("rle", pa.string()),
-                ("boxes", pa.list_(pa.float32())),
-            ]
+            [OBJECTS_SCHEMA.field(name) for name in ("object_id", "image_id", "category", "kind", "rle", "boxes")]
         ),
     )
     pq.write_table(objects, annotations / "objects.parquet")

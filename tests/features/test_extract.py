@@ -22,6 +22,7 @@ from pycocotools import mask as mask_utils
 from safetensors.torch import save_file
 from torchvision.models import get_model
 
+from lavise.data.annotation_schema import IMAGES_SCHEMA, OBJECTS_SCHEMA
 from lavise.data.images import decode_image, read_image
 from lavise.data.masks import image_object_masks
 from lavise.data.transforms import mask_to_grid, masks_to_crop, preprocess
@@ -31,30 +32,6 @@ from lavise.features.extract import ExtractionSettings, ImageObjectsDataset, bui
 from lavise.models.extractor import build_feature_extractor
 
 RESIZE, CROP, LAYER = 72, 64, "layer2"  # resnet18 layer2 at 64 px: 128 x 8 x 8
-
-IMAGES_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.int64()),
-        ("path", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("split", pa.string()),
-        ("status", pa.string()),
-    ]
-)
-OBJECTS_SCHEMA = pa.schema(
-    [
-        ("object_id", pa.int64()),
-        ("image_id", pa.int64()),
-        ("category", pa.string()),
-        ("kind", pa.string()),
-        ("rle", pa.string()),
-        ("boxes", pa.list_(pa.float32())),
-        ("area", pa.float64()),
-        ("n_instances", pa.int32()),
-        ("source_ids", pa.list_(pa.int64())),
-    ]
-)
 
 
 def _rle(height: int, width: int, top: int, left: int, size: int) -> str:
