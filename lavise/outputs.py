@@ -41,6 +41,9 @@ def table_set_id(path: Path) -> str | None:
 def check_one_set(directory: Path, names: Iterable[str], writer: str) -> str | None:
     """The common set id of ``directory/<name>.parquet`` for every name; ValueError naming the odd
     table when they come from different runs of ``writer`` (the stage to run again)."""
+    missing = [name for name in names if not (Path(directory) / f"{name}.parquet").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{Path(directory) / missing[0]}.parquet not found: run the {writer} stage first")
     ids = {name: table_set_id(Path(directory) / f"{name}.parquet") for name in names}
     first, *others = ids.items()
     for name, value in others:

@@ -20,6 +20,7 @@ from lavise.devices import resolve_device
 from lavise.io import atomic_dir, json_float, write_json
 from lavise.models.checkpoints import save_checkpoint
 from lavise.models.classifier import build_classifier
+from lavise.outputs import check_one_set
 from lavise.training.target import LOSS_DESCRIPTION, OPTIMIZER_DESCRIPTION, TrainingResult, train_target_model
 from lavise.training.target_data import MultiLabelData, load_multilabel_data
 from stages.backbone_params import validate_backbone
@@ -33,6 +34,7 @@ TRAINING_KEYS = ("init", "epochs", "batch_size", "lr", "weight_decay", "crop", "
 def write_not_trained(out_dir: Path, metrics_path: Path, backbone_weights: str) -> dict[str, Any]:
     """The skip path: the backbone names its own weights, so nothing is trained."""
     log.info("target: backbone.weights is %r, nothing to train", backbone_weights)
+    Path(metrics_path).unlink(missing_ok=True)  # written last: without it the set is unfinished
     with atomic_dir(out_dir) as tmp:
         write_json(
             tmp / "config.json",
@@ -49,6 +51,7 @@ def write_not_trained(out_dir: Path, metrics_path: Path, backbone_weights: str) 
 def load_data(annotations_dir: Path, image_root: Path, max_pixels: int) -> MultiLabelData:
     """The labelled train/val images, read with the pixel limit inside ``image_root``; left-out
     images and objects are warned about."""
+    check_one_set(annotations_dir, ("categories", "images", "objects"), "annotations")
     data = load_multilabel_data(annotations_dir, image_root, max_pixels)
     for key, value in data.counts.items():
         if value and ("not_ok" in key or "unlabelled" in key):

@@ -51,3 +51,9 @@ def test_features_and_train_refuse_annotation_tables_of_two_runs(tmp_path: Path)
         prepare_tables(annotations)
     with pytest.raises(ValueError, match="mixes two runs"):
         load_inputs(tmp_path / "no features", annotations, tmp_path / "no glove", 0.1, 0)
+
+
+def test_a_missing_table_names_the_file_and_the_stage(tmp_path: Path) -> None:
+    write_parquet(tmp_path / "images.parquet", _table([1]))
+    with pytest.raises(FileNotFoundError, match=r"objects.parquet not found: run the annotations stage first"):
+        check_one_set(tmp_path, ["images", "objects"], "annotations")

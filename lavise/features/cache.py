@@ -17,7 +17,7 @@ final files, so peak memory is one chunk and a resumed cache is byte-identical t
 uninterrupted one. A full disk must not end in SIGBUS from a write into a memory map: the
 writer checks the free space against what is left to write (:func:`ensure_free_space`),
 allocates every array file in full before mapping it, reports ENOSPC as one OSError naming the
-file, and removes the temporaries a killed writer left (:func:`remove_stale_temps`). Reader:
+file, and removes the temporaries a killed writer left (:func:`remove_stale_cache_temps`). Reader:
 :func:`open_feature_cache` memory-maps the arrays read-only and checks that the files agree with
 each other, so a consumer never indexes a map with a row of another table.
 """
@@ -228,7 +228,7 @@ def ensure_free_space(out_dir: Path, *, chunks_bytes: int, cache_bytes: int) -> 
         )
 
 
-def remove_stale_temps(out_dir: Path) -> None:
+def remove_stale_cache_temps(out_dir: Path) -> None:
     """Remove the temporaries a killed writer left in ``out_dir``: hidden ``.<file>.*.tmp`` of the
     cache's files and the chunks' ``.chunk_*.tmp``/``.old`` directories. A kill -9 (or a SIGBUS)
     skips every cleanup, and one stale 8 MB map filled the disk for the next run. The writer
@@ -286,7 +286,7 @@ def prepare_chunks(out_dir: Path, fingerprint: dict[str, Any], n_chunks: int) ->
     are kept (the resume: the caller still checks each kept chunk's image digests). A killed
     writer's temporaries are removed first.
     """
-    remove_stale_temps(out_dir)
+    remove_stale_cache_temps(out_dir)
     chunks_root = out_dir / CHUNKS_DIR
     fingerprint_path = chunks_root / FINGERPRINT_FILE
     if chunks_root.exists() and (not fingerprint_path.is_file() or read_json(fingerprint_path) != fingerprint):

@@ -61,6 +61,7 @@ from lavise.features.cache import (
     DTYPE,
     FORMAT_VERSION,
     IMAGES_SCHEMA,
+    META_FILE,
     OBJECTS_SCHEMA,
     VAL_IMAGES_SCHEMA,
     assemble_chunks,
@@ -796,6 +797,7 @@ def build_feature_cache(
     loader = _loader(dataset, batches, num_workers, settings.device)
     total = sum(len(batch) for batch in batches)
     computed, sent = _compute_chunks(loader, extractor, inputs, chunk_dirs, settings, map_shape, total)
+    (out_dir / META_FILE).unlink(missing_ok=True)  # the marker goes first: a killed assembly leaves no cache
     meta = _meta(settings, map_shape, inputs, assemble_chunks(chunk_dirs, out_dir), out_dir)
     finish_cache(out_dir, meta)
     seconds = time.perf_counter() - started

@@ -22,7 +22,7 @@ from lavise.features.cache import (
     finish_cache,
     open_feature_cache,
     prepare_chunks,
-    remove_stale_temps,
+    remove_stale_cache_temps,
     write_chunk,
 )
 from lavise.io import InsufficientSpaceError
@@ -339,6 +339,6 @@ def test_stale_temps_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
     (out / ".chunks" / ".chunk_000001.old").mkdir()  # a killed chunk replacement
     (out / "notes.txt").write_text("not the writer's: kept")
     assert len(_temps(out)) == 3
-    remove_stale_temps(out)
+    remove_stale_cache_temps(out)
     assert _temps(out) == [] and (out / "notes.txt").exists()
     assert all(chunk.is_dir() for chunk in chunk_dirs)

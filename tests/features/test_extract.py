@@ -514,3 +514,24 @@ def test_the_stage_prints_the_space_refusal_in_one_line(
     message = lines[0]
     assert re.fullmatch(rf"error: features needs [0-9.]+ MB in {out}, 0\.0 MB free \(.+\); free some space .+", message)
     assert not list(out.glob("*.npy")) and not list((out / ".chunks").glob("*chunk_*"))
+
+
+def test_a_rebuild_killed_while_assembling_leaves_no_cache_to_mix(
+    demo: dict[str, Path], built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """meta.json marks a finished cache: a rebuild removes it before replacing any file, so a kill
+    during assembly leaves a cache the reader refuses, never old arrays beside new ones."""
+    out = tmp_path / "features"
+    shutil.copytree(built, out)
+    real_assemble = extract.assemble_chunks
+
+    def assemble_then_die(chunk_dirs: Any, out_dir: Path) -> Any:
+        real_assemble(chunk_dirs, out_dir)
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(extract, "assemble_chunks", assemble_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _build(demo, out, chunk_images=10)  # other settings: every chunk recomputed
+    assert not (out / "meta.json").exists()
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        open_feature_cache(out)
