@@ -11,5 +11,5 @@ def resolve_device(name: str, key: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"{key} is {name!r} but no CUDA device is available; use auto or cpu")
+        raise ValueError(f"{key} is {name!r} but no CUDA device is available; use auto or cpu")
     return torch.device(name)

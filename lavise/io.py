@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -166,12 +165,6 @@ def write_parquet(path: str | os.PathLike[str], table: pa.Table | Any) -> None:
         pq.write_table(table, tmp)
 
 
-def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-
 def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
     """Hex digest of a file read in chunks, so memory stays flat for 20 GB archives."""
     hasher = hashlib.new(algorithm)
@@ -202,7 +195,10 @@ def output_lock(path: str | os.PathLike[str], owner: str) -> Iterator[Path]:
     """
     target = Path(path)
     folder = Path(tempfile.gettempdir()) / "lavise-locks"
-    folder.mkdir(mode=0o1777, exist_ok=True)
+    if not folder.is_dir():
+        folder.mkdir(exist_ok=True)
+        with contextlib.suppress(PermissionError):  # mkdir's mode is cut by the umask; sticky and shared
+            os.chmod(folder, 0o1777)
     key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:24]
     lock_path = folder / f"{target.name}.{key}.lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)

@@ -70,7 +70,7 @@ def run_stage(main: Callable[[], None]) -> None:
     traceback: bad input (a ValueError or a missing file: exit 2), a full disk or an output another
     run holds (exit 1), Ctrl-C
     (exit 130, the shell's convention for SIGINT). Anything else is a bug and keeps its traceback,
-    and so does everything when ``LAVISE_TRACEBACK=1``.
+    and so do bad input and a full disk when ``LAVISE_TRACEBACK=1``.
     """
     show_traceback = bool(os.environ.get(TRACEBACK_ENV))
     try:

@@ -52,6 +52,7 @@ def main() -> None:
         extraction_settings(params, args.target_model),
         num_workers=params["features"]["num_workers"],
         resize_what="transform.resize",
+        weights_what="backbone.weights",
     )
 
 

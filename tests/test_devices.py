@@ -16,5 +16,5 @@ def test_auto_and_cpu() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_names_the_key() -> None:
-    with pytest.raises(RuntimeError, match=r"features.device is 'cuda' but no CUDA device is available"):
+    with pytest.raises(ValueError, match=r"features.device is 'cuda' but no CUDA device is available"):
         resolve_device("cuda", "features.device")

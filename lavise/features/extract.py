@@ -712,10 +712,10 @@ def _log_summary(meta: dict[str, Any], settings: ExtractionSettings, computed: i
     log.info("features: %d images computed in %.1f s (%.1f images/s)", computed, seconds, computed / max(seconds, 1e-9))
 
 
-def _load_extractor(settings: ExtractionSettings) -> tuple[nn.Module, tuple[int, int, int]]:
+def _load_extractor(settings: ExtractionSettings, weights_what: str) -> tuple[nn.Module, tuple[int, int, int]]:
     """The truncated model on the device (channels_last) and its maps' shape (d, h', w')."""
     extractor = build_feature_extractor(
-        settings.model, settings.weights, settings.layer, num_classes=settings.num_classes
+        settings.model, settings.weights, settings.layer, num_classes=settings.num_classes, what=weights_what
     )
     extractor = extractor.to(settings.device, memory_format=torch.channels_last)
     return extractor, layer_output_shape(extractor, settings.crop)
@@ -744,6 +744,7 @@ def _prepare_pass(
     settings: ExtractionSettings,
     num_workers: int,
     resize_what: str,
+    weights_what: str,
 ) -> tuple[AnnotationInputs, nn.Module, tuple[int, int, int], ImageObjectsDataset, list[Path], list[int]]:
     """Everything checked before the first batch: the tables, the geometry's memory, the model,
     the chunks a resume keeps (same settings, same image bytes) and the free space for the rest."""
@@ -751,7 +752,7 @@ def _prepare_pass(
     if inputs.images.num_rows == 0:
         raise ValueError(f"{annotations_dir}/images.parquet lists no images")
     check_geometry_memory(inputs, settings, num_workers, resize_what)  # before the model's dummy pass
-    extractor, map_shape = _load_extractor(settings)
+    extractor, map_shape = _load_extractor(settings, weights_what)
     # Built before any chunk is touched: it also rejects an unknown ``decode``.
     dataset = ImageObjectsDataset(
         inputs.images,
@@ -781,17 +782,18 @@ def build_feature_cache(
     *,
     num_workers: int,
     resize_what: str = "resize",
+    weights_what: str = "weights",
 ) -> dict[str, Any]:
     """Run the layer of ``settings`` once per image of ``annotations_dir`` and write the cache.
 
     ``raw_dir``: where images.parquet's paths are relative to. ``num_workers``: DataLoader
-    workers (decoding; no effect on the bytes). ``resize_what``: how a message names
-    ``settings.resize``. Returns meta.json's content plus timing.
+    workers (decoding; no effect on the bytes). ``resize_what``, ``weights_what``: how a message
+    names ``settings.resize`` and ``settings.weights``. Returns meta.json's content plus timing.
     """
     annotations_dir, raw_dir, out_dir = Path(annotations_dir), Path(raw_dir), Path(out_dir)
     started = time.perf_counter()
     inputs, extractor, map_shape, dataset, chunk_dirs, pending = _prepare_pass(
-        annotations_dir, raw_dir, out_dir, settings, num_workers, resize_what
+        annotations_dir, raw_dir, out_dir, settings, num_workers, resize_what, weights_what
     )
     batches = chunk_batches(pending, inputs.images.num_rows, settings.chunk_images, settings.batch_size)
     loader = _loader(dataset, batches, num_workers, settings.device)

@@ -215,7 +215,9 @@ def _epoch_row(
         model, data.holdout, data.class_vectors, data.positives, margin=margin, batch_size=batch_size, device=device
     )
     if not math.isfinite(train_loss) or not math.isfinite(loss):
-        raise FloatingPointError(f"epoch {epoch}: loss diverged (train {train_loss}, hold-out {loss})")
+        raise ValueError(
+            f"epoch {epoch}: the loss diverged (train {train_loss}, hold-out {loss}); lower the learning rate"
+        )
     return {"epoch": epoch, "train_loss": train_loss, "holdout_loss": loss, "holdout_top1": top1, "holdout_top5": top5}
 
 

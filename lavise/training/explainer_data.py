@@ -76,7 +76,10 @@ def load_class_vectors(embeddings_dir: Path, tokens: list[str]) -> torch.Tensor:
     from lavise.data.embeddings import WordEmbeddings
 
     store = WordEmbeddings.load(Path(embeddings_dir))
-    vectors = torch.from_numpy(np.asarray(store.vectors_of(tokens), dtype=np.float32))
+    try:
+        vectors = torch.from_numpy(np.asarray(store.vectors_of(tokens), dtype=np.float32))
+    except KeyError as error:  # the store is not the one the annotations were built against
+        raise ValueError(f"{embeddings_dir}: {error.args[0]}") from None
     norms = vectors.norm(dim=1)
     bad = [t for t, n in zip(tokens, norms.tolist()) if not math.isfinite(n) or n < 1e-6]
     if bad:

@@ -535,3 +535,27 @@ def test_a_rebuild_killed_while_assembling_leaves_no_cache_to_mix(
     assert not (out / "meta.json").exists()
     with pytest.raises(FileNotFoundError, match="meta.json"):
         open_feature_cache(out)
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_weights_param(demo: dict[str, Path], tmp_path: Path) -> None:
+    """The features stage passes `backbone.weights` as the label of its checkpoint errors."""
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "other.safetensors"
+    save_file({"fc.weight": torch.zeros(3, 7)}, str(checkpoint))
+    settings = ExtractionSettings(
+        model="resnet18",
+        weights=str(checkpoint),
+        layer=LAYER,
+        num_classes=None,
+        resize=RESIZE,
+        crop=CROP,
+        batch_size=2,
+        chunk_images=3,
+        device=torch.device("cpu"),
+        decode="workers",
+    )
+    with pytest.raises(ValueError, match=r"^backbone\.weights "):
+        build_feature_cache(
+            demo["annotations"], demo["raw"], tmp_path / "f", settings, num_workers=0, weights_what="backbone.weights"
+        )

@@ -300,3 +300,19 @@ def test_a_hidden_dim_too_large_to_allocate_is_one_line_saying_what_it_takes(
         result.stderr.strip().splitlines()[-1],
     ), result.stderr[-2000:]
     assert not (tmp_path / "explainer").exists()
+
+
+def test_a_glove_store_without_a_class_token_and_a_diverging_loss_are_one_line_errors(
+    tiny_cache: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both reach the user through run_stage as ValueErrors (one line), not KeyError or
+    FloatingPointError tracebacks."""
+    import lavise.training.explainer as explainer_training
+    from tests.writers.glove import write_glove_store
+
+    other_store = write_glove_store(tmp_path / "other_glove", ["unrelated", "words"], dim=4)
+    with pytest.raises(ValueError, match=r"other_glove: .*not in the GloVe vocabulary"):
+        run_training({**tiny_cache, "glove": other_store}, tmp_path)
+    monkeypatch.setattr(explainer_training, "validate", lambda *args, **kwargs: (float("nan"), 0.0, 0.0))
+    with pytest.raises(ValueError, match=r"epoch 1: the loss diverged .*; lower the learning rate"):
+        run_training(tiny_cache, tmp_path, epochs=2)
