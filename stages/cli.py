@@ -51,8 +51,7 @@ def start_stage(
         path = Path(getattr(args, name))
         _HELD_LOCKS.enter_context(output_lock(path, owner))
         for folder in (path.parent, path) if path.is_dir() else (path.parent,):
-            for stale in remove_stale_temps(folder):  # left by a run that was killed while writing
-                logging.getLogger("stages").info("removed %s, left by a killed run", stale)
+            remove_stale_temps(folder)  # left by a run killed while writing; each removal is logged there
     signal.signal(signal.SIGTERM, _terminate)
     return args, params
 

@@ -26,8 +26,8 @@ from stages.train import run_train
 from tests.writers.cache import write_feature_cache
 
 
-def run_training(cache: dict[str, Path], out: Path, **overrides: Any) -> dict[str, Any]:
-    """The stage with a `train` params section of the given overrides."""
+def train_section(**overrides: Any) -> dict[str, Any]:
+    """A `train` params section for the tiny cache, with ``overrides``."""
     settings = dict(
         hidden_dim=None,
         dropout=0.1,
@@ -43,6 +43,12 @@ def run_training(cache: dict[str, Path], out: Path, **overrides: Any) -> dict[st
         device="cpu",
     )
     settings.update(overrides)
+    return settings
+
+
+def run_training(cache: dict[str, Path], out: Path, **overrides: Any) -> dict[str, Any]:
+    """The stage with a `train` params section of the given overrides."""
+    settings = train_section(**overrides)
     return run_train(
         cache["features"],
         cache["annotations"],
@@ -268,20 +274,7 @@ def test_a_hidden_dim_too_large_to_allocate_is_one_line_saying_what_it_takes(
     tiny_cache: dict[str, Path], tmp_path: Path
 ) -> None:
     """Checked before allocating: 16 -> 10**7 -> 8 is ~1.2 GB of weights and ~15 GB to train."""
-    settings = dict(
-        hidden_dim=10**7,
-        dropout=0.1,
-        margin=1.0,
-        optimizer="dadapt_adam",
-        lr=1.0,
-        batch_size=32,
-        epochs=1,
-        holdout_fraction=0.1,
-        patience=1,
-        lr_patience=1,
-        seed=0,
-        device="cpu",
-    )
+    settings = train_section(hidden_dim=10**7, epochs=1, patience=1, lr_patience=1)
     paths = [str(tiny_cache[key]) for key in ("features", "annotations", "glove")]
     result = subprocess.run(
         [sys.executable, "-c", HIDDEN_DIM_CHILD, json.dumps([paths, str(tmp_path), settings])],
