@@ -1,0 +1,1 @@
+"""What a researcher reads: figures (PNG) and the offline HTML report."""
