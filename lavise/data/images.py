@@ -79,7 +79,10 @@ class TooLargeImageError(UndecodableImageError):
 
 
 def _decode_with_torchvision(data: bytes) -> torch.Tensor:
-    """torchvision's decoder; libjpeg's corrupt-data warning is an ``UndecodableImageError``."""
+    """torchvision's decoder; libjpeg's corrupt-data warning is an ``UndecodableImageError``.
+
+    An animated GIF decodes to ``[frames, 3, H, W]``: its first frame is the image, as PIL gives it.
+    """
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities.*")
@@ -88,7 +91,7 @@ def _decode_with_torchvision(data: bytes) -> torch.Tensor:
     damage = [message for message in messages if _is_damage(message)]
     if damage:
         raise _CorruptJpegData(damage[0])
-    return image
+    return image[0] if image.ndim == 4 else image
 
 
 class _CorruptJpegData(Exception):

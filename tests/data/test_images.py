@@ -254,3 +254,14 @@ def test_check_image_files_catches_truncation_behind_a_valid_header(tmp_path: Pa
         "ok",
         "missing",
     ]
+
+
+def test_an_animated_gif_decodes_to_its_first_frame(tmp_path: Path) -> None:
+    first = np.zeros((12, 20, 3), dtype=np.uint8)
+    first[:, :10] = 255
+    second = np.full((12, 20, 3), 80, dtype=np.uint8)
+    path = tmp_path / "animated.gif"
+    Image.fromarray(first).save(path, save_all=True, append_images=[Image.fromarray(second)])
+    image = read_image(path)
+    assert image.shape == (3, 12, 20)
+    assert image[:, :, :10].min() > 200 and image[:, :, 10:].max() < 50
