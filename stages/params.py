@@ -189,6 +189,28 @@ SCHEMA: dict[str, Any] = {
         "batch_size": integer(1),
         "device": one_of(*options.DEVICES),
     },
+    "probe": {
+        "root": text(),
+        "listing": text(nullable=True),
+        "groups": one_of(*options.PROBE_GROUPINGS),
+        "path_column": text(),
+        "group_column": text(),
+        "p": integer(1),
+        "quantile": number(0.0, 1.0, open_low=True, open_high=True),
+        "filters": all_or_indices,
+        "image_masking_filters": all_or_indices,
+        "words_per_image": integer(1),
+        "word_weighting": one_of(*options.WORD_WEIGHTINGS),
+        "vocabulary": text(),
+        "heatmap_filters": index_list,
+        "batch_size": integer(1),
+        "device": one_of(*options.DEVICES),
+    },
+    "compare": {
+        "fdr": number(0.0, 1.0, open_low=True, open_high=True),
+        "top_filters": integer(1),
+        "examples": integer(1),
+    },
 }
 
 
@@ -230,6 +252,20 @@ def validate_params(params: Mapping[str, Any], root: Path = Path(".")) -> None:
     vocabulary = params["evaluate"]["vocabulary"]
     if vocabulary != "glove" and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
         fail("evaluate.vocabulary", vocabulary, "glove | a path to an existing word-list file")
+    _validate_probe(params["probe"], root)
+
+
+def _validate_probe(probe: Mapping[str, Any], root: Path) -> None:
+    """The probe's vocabulary file, and a CSV listing (not a folder) where one is named."""
+    vocabulary = probe["vocabulary"]
+    if vocabulary != "glove" and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
+        fail("probe.vocabulary", vocabulary, "glove | a path to an existing word-list file")
+    if probe["listing"] is not None and not str(probe["listing"]).lower().endswith(".csv"):
+        fail("probe.listing", probe["listing"], "null, or the path of a .csv file")
+    if probe["groups"] == "column" and probe["listing"] is None:
+        fail("probe.groups", probe["groups"], "subfolders | none without a `probe.listing` (column needs a CSV)")
+    if probe["groups"] == "subfolders" and probe["listing"] is not None:
+        fail("probe.groups", probe["groups"], "column | none with a CSV `probe.listing` (subfolders needs none)")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -246,6 +246,16 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def declared_file_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """:func:`declared_size` of a file, reading only its header (an image without annotated size,
+    e.g. a probe image, gets the size the decoders will find)."""
+    try:
+        with open(path, "rb") as file:
+            return _declared_size_of(file)
+    except (OSError, Image.DecompressionBombError):
+        return None
+
+
 def _refuse_oversized(file: BinaryIO, label: str, max_pixels: int) -> None:
     """Raise before any decoder runs: ``TooLargeImageError`` for a header declaring more than
     ``max_pixels`` pixels, ``UndecodableImageError`` for one that declares no size."""

@@ -1,0 +1,1 @@
+"""Explaining an unlabelled image set (the probe) and comparing groups of it."""
