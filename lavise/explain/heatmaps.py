@@ -186,3 +186,58 @@ def write_heatmaps(
             read,
         )
         write_sheet(out_dir / f"filter_{filter_index:04d}.png", tiles, header)
+
+
+def _text_panel(lines: Sequence[str], width: int) -> Image.Image:
+    """White panel of wrapped text lines, ``width`` pixels wide."""
+    wrapped = [line for text in lines for line in _wrap(text, max(10, width // 6))]
+    panel = Image.new("RGB", (width, _TEXT_LINE * len(wrapped) + 6), "white")
+    draw = ImageDraw.Draw(panel)
+    font = ImageFont.load_default()
+    for index, line in enumerate(wrapped):
+        draw.text((4, 3 + index * _TEXT_LINE), line, fill="black", font=font)
+    return panel
+
+
+def write_group_sheet(
+    path: Path,
+    header: Sequence[str],
+    sections: Sequence[tuple[str, Sequence[int]]],
+    filter_maps: Callable[[np.ndarray], np.ndarray],
+    threshold: float,
+    image_path: Callable[[int], Path],
+    caption: Callable[[int], str],
+    geometry: tuple[int, int],
+    read: ImageReader = read_image,
+    columns: int = 5,
+) -> None:
+    """One PNG of a filter's example images by group: ``header`` lines, then per section (title, map
+    rows) a titled grid, ``caption(row)`` under each image; ``filter_maps(rows)`` gives the filter's
+    maps ``[k, h, w]``. The heat of all sections shares one scale, so the groups' overlays compare;
+    an empty section shows its title only."""
+    rows = np.array([row for _, section_rows in sections for row in section_rows], dtype=np.int64)
+    tiles = (
+        _tiles(
+            filter_maps(rows),
+            threshold,
+            [image_path(int(r)) for r in rows],
+            [caption(int(r)) for r in rows],
+            *geometry,
+            read,
+        )
+        if len(rows)
+        else []
+    )
+    width = columns * geometry[1]
+    panels, start = [_text_panel(header, width)], 0
+    for title, section_rows in sections:
+        part = tiles[start : start + len(section_rows)]
+        start += len(section_rows)
+        panels.append(render_sheet(part, [title], columns) if part else _text_panel([title, "(no image)"], width))
+    sheet = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), "white")
+    offset = 0
+    for panel in panels:
+        sheet.paste(panel, (0, offset))
+        offset += panel.height
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
