@@ -78,12 +78,19 @@ def write_sheets(
     groups = inputs.rows["group"].to_numpy()
     paths, ids = inputs.rows["path"].to_numpy(), inputs.rows["image_id"].to_numpy()
     position = {int(f): i for i, f in enumerate(inputs.filters)}
-    described = {entry["filter"]: entry for group in entries.values() for entry in group}
+    described: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    for group, group_entries in sorted(entries.items()):
+        for entry in group_entries:
+            described.setdefault(entry["filter"], []).append((group, entry))
     names = sorted(entries)
-    for filter_index, entry in sorted(described.items()):
+    for filter_index, tops in sorted(described.items()):
         pos = position[filter_index]
         header = [f"filter {filter_index}  T={thresholds[pos]:.3f}"]
-        header += [f"{method}: {' '.join(found)}" for method, found in entry["words"].items()]
+        header += [
+            f"top for {group}: rate {e['rate']:.3f} vs {e['rate_rest']:.3f} elsewhere, q = {e['q_value']:.3g}"
+            for group, e in tops
+        ]
+        header += [f"{method}: {' '.join(found)}" for method, found in tops[0][1]["words"].items()]
         sections = []
         for group in names:
             rows = example_rows(qualified, image_max, groups, group, pos, int(settings["examples"]))

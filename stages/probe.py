@@ -54,12 +54,17 @@ def masking_filters(inputs: ProbeInputs, section: Mapping[str, Any]) -> np.ndarr
 
 
 def probe_metrics(inputs: ProbeInputs, result: ProbeExplanations) -> dict[str, Any]:
-    """metrics/probe.json: files by status, per group, filters explained and distinct concepts per method."""
+    """metrics/probe.json: files by status, files listed and usable per group, filters explained and
+    distinct concepts per method."""
     statuses = inputs.cache.images["status"].tolist()
-    groups = inputs.images["group"].dropna()
+    listed, usable = inputs.images["group"].dropna(), inputs.rows["group"].dropna()
+    per_group = {
+        str(group): {"listed": int(count), "usable": int((usable == group).sum())}
+        for group, count in listed.value_counts().sort_index().items()
+    }
     return {
         "images": {"listed": len(statuses), **{status: statuses.count(status) for status in IMAGE_STATUSES}},
-        "groups": {str(group): int(count) for group, count in groups.value_counts().sort_index().items()},
+        "groups": per_group,
         "filters_explained": len(result.filters),
         "methods": distinct_concepts(result),
         "recall": NO_RECALL,

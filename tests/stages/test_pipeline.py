@@ -27,6 +27,8 @@ FAST_OVERRIDES = {
     ("evaluate", "filters"): list(range(0, 512, 8)),
     ("evaluate", "image_masking_filters"): [0, 8],
     ("evaluate", "heatmap_filters"): [0],
+    ("probe", "image_masking_filters"): [0],
+    ("probe", "heatmap_filters"): [0],
 }
 
 
@@ -107,15 +109,19 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
     [
         (("evaluate", "p"), 10, {"evaluate"}),
         (("train", "margin"), 0.5, {"train"}),
-        (("backbone", "layer"), "layer3", {"features", "evaluate"}),
+        (("backbone", "layer"), "layer3", {"features", "evaluate", "probe_features", "probe"}),
         (("annotations", "seed"), 7, {"annotations"}),
         (("annotations", "min_images"), 30, {"annotations"}),
-        (("features", "batch_size"), 8, {"features"}),
-        (("features", "decode"), "device", {"features"}),
-        (("features", "num_workers"), 0, {"features"}),
+        (("features", "batch_size"), 8, {"features", "probe_features"}),
+        (("features", "decode"), "device", {"features", "probe_features"}),
+        (("features", "num_workers"), 0, {"features", "probe_features"}),
         (("target", "num_workers"), 0, {"target"}),
         (("target", "lr"), 0.01, {"target"}),
         (("download", "demo_seed"), 3, {"download"}),
+        (("probe", "groups"), "none", {"probe_features"}),
+        (("probe", "p"), 10, {"probe"}),
+        (("probe", "quantile"), 0.99, {"probe", "compare"}),
+        (("compare", "fdr"), 0.01, {"compare"}),
     ],
 )
 def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:
@@ -131,9 +137,10 @@ def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("lavise/models/backbones.py", {"target", "features", "evaluate"}),
+        ("lavise/models/backbones.py", {"target", "features", "evaluate", "probe_features", "probe"}),
         ("lavise/data/download.py", {"download"}),
-        ("lavise/models/explainer.py", {"train", "evaluate"}),
+        ("lavise/models/explainer.py", {"train", "evaluate", "probe"}),
+        ("lavise/metrics/two_proportion.py", {"compare"}),
     ],
 )
 def test_code_edit_invalidates_exactly_its_importers(demo_repo: Path, module: str, expected: set) -> None:
@@ -215,6 +222,37 @@ def test_demo_cache_thresholds_and_top_images_link_up(demo_repo: Path) -> None:
         maxima = values.max(axis=(1, 2))
         order = sorted((r for r in range(len(maxima)) if maxima[r] > 0), key=lambda r: (-maxima[r], r))[:p]
         assert list(row["top_image_ids"]) == [int(val_images["image_id"][r]) for r in order]
+
+
+def test_demo_probe_finds_the_planted_concept(demo_repo: Path) -> None:
+    """The demo's probe set: odd files counted as `features` counts them, the top compare filters of
+    the group with the planted concept explained with its word, and none significant once the
+    group labels are shuffled."""
+    import numpy as np
+
+    from lavise.data.demo_probe import PROBE_CONCEPT, PROBE_CONCEPT_RATES
+    from lavise.features.thresholds import filter_thresholds
+    from lavise.probe.compare import compare_groups
+    from lavise.probe.inputs import open_probe
+
+    probe = json.loads((demo_repo / "metrics" / "probe.json").read_text())
+    assert (probe["images"]["listed"], probe["images"]["ok"], probe["images"]["undecodable"]) == (124, 122, 2)
+    features_meta = json.loads((demo_repo / "data" / "probe_features" / "meta.json").read_text())
+    assert features_meta["counts"]["images_undecodable"] == probe["images"]["undecodable"]
+    compare = json.loads((demo_repo / "metrics" / "compare.json").read_text())
+    concept_group = max(PROBE_CONCEPT_RATES, key=PROBE_CONCEPT_RATES.get)
+    top = compare["top_filters"][concept_group]
+    named = [entry for entry in top if PROBE_CONCEPT in entry["words"]["filter_attention"]]
+    assert top[0] in named and len(named) >= len(top) // 2 + 1
+    assert all(entry["q_value"] < 0.05 for entry in named)
+    params = yaml.safe_load((demo_repo / "params.yaml").read_text())["probe"]
+    inputs = open_probe(
+        demo_repo / "data" / "probe_features", demo_repo / "data" / "probe_index", demo_repo / "data/raw/probe", "all"
+    )
+    thresholds, image_max = filter_thresholds(inputs.cache.val_maps, params["quantile"], inputs.filters)
+    shuffled = np.random.default_rng(0).permutation(inputs.rows["group"].to_numpy())
+    table = compare_groups(image_max > thresholds, shuffled, inputs.filters, fdr=0.05)
+    assert not table["significant"].any()
 
 
 def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
