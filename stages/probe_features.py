@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lavise.features.cache import META_FILE
 from lavise.features.extract import build_feature_cache
 from lavise.probe.listing import ProbeSource, list_probe, probe_images, write_probe_index
 from stages.backbone_params import validate_backbone
@@ -43,6 +44,7 @@ def main() -> None:
     listing = list_probe(source)
     images = probe_images(listing, source.root, params["images"]["max_pixels"])
     log.info("probe: %d files under %s, %d groups", len(images), source.root, images["group"].nunique())
+    (args.out / META_FILE).unlink(missing_ok=True)  # the cache is unfinished until it matches the new index
     write_probe_index(images, args.index, source)
     build_feature_cache(
         args.index,
