@@ -189,6 +189,9 @@ SCHEMA: dict[str, Any] = {
         "batch_size": integer(1),
         "device": one_of(*options.DEVICES),
     },
+    "report": {
+        "table_rows": integer(1),
+    },
 }
 
 
