@@ -39,11 +39,32 @@ STAGE_SECTIONS = (
         "results/compare/filters.parquet",
         "results/compare/sheets",
     ),
-    ("saliency", "Saliency maps", "metrics/saliency.json", "results/saliency/maps.parquet", "results/saliency/sheets"),
-    ("relevance", "Class relevance", "metrics/relevance.json", "results/relevance/classes.parquet", "results/relevance"),
+    (
+        "saliency",
+        "Saliency maps",
+        "metrics/saliency.json",
+        "results/saliency/maps.parquet",
+        "results/saliency/sheets",
+    ),
+    (
+        "relevance",
+        "Class relevance",
+        "metrics/relevance.json",
+        "results/relevance/classes.parquet",
+        "results/relevance",
+    ),
 )
 CORE_METRICS = ("annotations", "target", "train", "recall", "summary")
-EXPLANATION_COLUMNS = ["filter", "method", "words", "word_counts", "top_image_ids", "netdissect_label", "netdissect_iou"]
+EXPLANATION_COLUMNS = [
+    "filter",
+    "method",
+    "words",
+    "word_counts",
+    "top_image_ids",
+    "netdissect_label",
+    "netdissect_iou",
+    "threshold",
+]
 
 
 def stage_paths() -> dict[str, str]:

@@ -24,12 +24,13 @@ class Preset:
     layer: str
     pretraining: str
     figures: list[dict[str, Any]]
+    compare_with: dict[str, list[str]]  # published method -> this run's methods shown beside it
 
 
 def load_presets(path: Path = FIGURES_FILE) -> list[Preset]:
     """Every preset of the figures file."""
     data = json.loads(Path(path).read_text())
-    return [Preset(**preset) for preset in data["presets"]]
+    return [Preset(**preset, compare_with=data["compare_with"]) for preset in data["presets"]]
 
 
 def matching_preset(dataset: str, backbone: str, layer: str, presets: list[Preset] | None = None) -> Preset | None:

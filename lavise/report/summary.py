@@ -108,8 +108,8 @@ def reference_table(preset: Preset | None, recall: Mapping[str, Any]) -> str:
     header = ["method", "source", *[f"R@{s}" for s in steps], "cited from"]
     rows: list[list[Any]] = []
     for method in dict.fromkeys(figure["method"] for figure in preset.figures):
-        if method in blocks:
-            rows.append([method, "this run", *[blocks[method].get(f"recall@{s}") for s in steps], ""])
+        for ours in (m for m in preset.compare_with.get(method, [method]) if m in blocks):
+            rows.append([ours, "this run", *[blocks[ours].get(f"recall@{s}") for s in steps], ""])
         for figure in (f for f in preset.figures if f["method"] == method):
             rows.append([method, figure["source"], *[figure.get(f"recall@{s}") for s in steps], figure["cite"]])
     caption = (

@@ -85,7 +85,8 @@ def test_published_figures_of_the_matching_preset_only() -> None:
     assert matching_preset("coco", "vgg16", "features") is None
     assert all(f["source"] in ("paper", "FACT2023") and f["cite"] for p in load_presets() for f in p.figures)
     html = reference_table(preset, recall_metrics())
-    assert "this run" in html and "LaViSE, CVPR 2022, Table 2" in html
+    assert "LaViSE, CVPR 2022, Table 2" in html
+    assert html.count("this run") == 2  # the paper's filter attention beside both variants (equation, code)
     assert "No published figures" in reference_table(None, recall_metrics())
 
 

@@ -28,6 +28,7 @@ FAST_OVERRIDES = {
     ("evaluate", "image_masking_filters"): [0, 8],
     ("evaluate", "heatmap_filters"): [0],
 }
+READS_ALL_PARAMS = {"report"}  # the report shows the whole params.yaml, so every edit re-renders it
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -97,6 +98,9 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
     assert "seen" in recall["filter_attention"] and "unseen" in recall["filter_attention"]
     assert (demo_repo / "results" / "explanations.csv").is_file()
     assert any((demo_repo / "results" / "heatmaps").glob("*.png"))
+    page = (demo_repo / "results" / "report" / "index.html").read_text()
+    assert page.count('class="card"') == len(FAST_OVERRIDES[("evaluate", "filters")])
+    assert all((demo_repo / "plots" / name).is_file() for name in ("train_loss.png", "train_accuracy.png"))
     for name in ("annotations.json", "train.json", "target.json"):
         assert json.loads((demo_repo / "metrics" / name).read_text())
     assert stale_stages(demo_repo) == set()
@@ -116,13 +120,14 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
         (("target", "num_workers"), 0, {"target"}),
         (("target", "lr"), 0.01, {"target"}),
         (("download", "demo_seed"), 3, {"download"}),
+        (("report", "table_rows"), 7, set()),
     ],
 )
 def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:
     original = (demo_repo / "params.yaml").read_text()
     try:
         set_params(demo_repo, {key: value})
-        assert stale_stages(demo_repo) == expected
+        assert stale_stages(demo_repo) == expected | READS_ALL_PARAMS
     finally:
         (demo_repo / "params.yaml").write_text(original)
     assert stale_stages(demo_repo) == set()
@@ -134,6 +139,8 @@ def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple
         ("lavise/models/backbones.py", {"target", "features", "evaluate"}),
         ("lavise/data/download.py", {"download"}),
         ("lavise/models/explainer.py", {"train", "evaluate"}),
+        ("lavise/report/figures.py", {"train", "report"}),
+        ("lavise/report/cards.py", {"report"}),
     ],
 )
 def test_code_edit_invalidates_exactly_its_importers(demo_repo: Path, module: str, expected: set) -> None:
@@ -235,3 +242,15 @@ def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
         assert params["params.yaml"]["backbone.weights"] == {"old": "target", "new": "none"}
     finally:
         run(["git", "checkout", "-q", "main"], demo_repo)
+
+
+def test_dvc_plots_show_renders_offline(demo_repo: Path, tmp_path: Path) -> None:
+    """Every tracked plot is a PNG: DVC's page embeds them and asks no CDN for a chart library."""
+    import re
+
+    dvc("plots", "show", "-o", str(tmp_path / "plots"), cwd=demo_repo)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
+    images = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert any("train_loss" in src for src in images) and any("heatmaps" in src for src in images)
+    assert all((tmp_path / "plots" / src).is_file() for src in images)
