@@ -224,6 +224,18 @@ def test_demo_cache_thresholds_and_top_images_link_up(demo_repo: Path) -> None:
         assert list(row["top_image_ids"]) == [int(val_images["image_id"][r]) for r in order]
 
 
+def test_dvc_plots_show_renders_offline(demo_repo: Path, tmp_path: Path) -> None:
+    """Every tracked plot is a PNG: DVC's page embeds them and asks no CDN for a chart library."""
+    import re
+
+    dvc("plots", "show", "-o", str(tmp_path / "plots"), cwd=demo_repo)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
+    images = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert any("train_loss" in src for src in images) and any("heatmaps" in src for src in images)
+    assert all((tmp_path / "plots" / src).is_file() for src in images)
+
+
 def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
     # Last in this module: it leaves the untracked outputs (data/features) of the other branch.
     run(["git", "checkout", "-q", "-b", "random-weights"], demo_repo)
@@ -242,15 +254,3 @@ def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
         assert params["params.yaml"]["backbone.weights"] == {"old": "target", "new": "none"}
     finally:
         run(["git", "checkout", "-q", "main"], demo_repo)
-
-
-def test_dvc_plots_show_renders_offline(demo_repo: Path, tmp_path: Path) -> None:
-    """Every tracked plot is a PNG: DVC's page embeds them and asks no CDN for a chart library."""
-    import re
-
-    dvc("plots", "show", "-o", str(tmp_path / "plots"), cwd=demo_repo)
-    page = (tmp_path / "plots" / "index.html").read_text()
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
-    images = re.findall(r'<img[^>]+src="([^"]+)"', page)
-    assert any("train_loss" in src for src in images) and any("heatmaps" in src for src in images)
-    assert all((tmp_path / "plots" / src).is_file() for src in images)
