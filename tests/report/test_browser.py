@@ -30,6 +30,7 @@ from lavise.report.references import matching_preset
 from lavise.report.sections import StageFiles
 from tests.writers.report import FILTERS, write_run
 
+pytestmark = pytest.mark.slow  # two browser launches: seconds each
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
