@@ -211,6 +211,9 @@ SCHEMA: dict[str, Any] = {
         "top_filters": integer(1),
         "examples": integer(1),
     },
+    "report": {
+        "table_rows": integer(1),
+    },
 }
 
 

@@ -3,7 +3,7 @@
 Steps: check the `train` settings, read the cache's train split and the class tokens, hold out
 `train.holdout_fraction` of the training images (seeded by `train.seed`), train on the rest with
 the epoch chosen on the hold-out, then write the explainer (weights + config), the per-epoch
-history and the metrics. The val split, which `evaluate` scores, is not read.
+history, its learning curves (PNG) and the metrics. The val split, which `evaluate` scores, is not read.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from lavise.features.cache import open_feature_cache
 from lavise.io import write_json
 from lavise.models.explainer import save_explainer
 from lavise.outputs import check_one_set
+from lavise.report.curves import write_learning_curves
 from lavise.training.explainer import ExplainerFit, check_settings, train_explainer, write_history
 from lavise.training.explainer_data import Classes, Split, load_class_vectors, load_classes, load_split, split_holdout
 from stages.cli import run_stage, start_stage
@@ -106,10 +107,11 @@ def run_train(
     metrics_path: Path,
     history_path: Path,
     settings: Mapping[str, Any],
+    charts_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The stage with the `train` params section ``settings``; returns the metrics plus the
     wall-clock seconds (which go to the log, not to the DVC metric: a rerun must reproduce it
-    byte for byte)."""
+    byte for byte). The learning-curve PNGs go to ``charts_dir`` (default: next to the history)."""
     started = time.perf_counter()
     check_settings(settings["optimizer"], settings["batch_size"], settings["epochs"], settings["patience"])
     device = resolve_device(settings["device"], "train.device")
@@ -135,6 +137,8 @@ def run_train(
     Path(metrics_path).unlink(missing_ok=True)  # written last: without it the set is unfinished
     save_explainer(fit.model, explainer_config(inputs, fit, settings, embeddings_dir, device), out_dir)
     write_history(Path(history_path), fit.history)
+    columns = {column: [row[column] for row in fit.history] for column in fit.history[0]}
+    write_learning_curves(Path(charts_dir or Path(history_path).parent), columns)
     metrics = train_metrics(inputs, fit, settings["epochs"], device)
     seconds = round(time.perf_counter() - started, 3)
     log.info("train: %d epochs in %.1f s", len(fit.history), seconds)
@@ -152,8 +156,11 @@ def main() -> None:
         out="models/explainer",
         metrics="metrics/train.json",
         history="plots/train_history.csv",
+        charts="plots",
     )
-    run_train(args.features, args.annotations, args.glove, args.out, args.metrics, args.history, params["train"])
+    run_train(
+        args.features, args.annotations, args.glove, args.out, args.metrics, args.history, params["train"], args.charts
+    )
 
 
 if __name__ == "__main__":

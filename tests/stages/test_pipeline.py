@@ -30,6 +30,7 @@ FAST_OVERRIDES = {
     ("probe", "image_masking_filters"): [0],
     ("probe", "heatmap_filters"): [0],
 }
+READS_ALL_PARAMS = {"report"}  # the report shows the whole params.yaml, so every edit re-renders it
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -99,6 +100,9 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
     assert "seen" in recall["filter_attention"] and "unseen" in recall["filter_attention"]
     assert (demo_repo / "results" / "explanations.csv").is_file()
     assert any((demo_repo / "results" / "heatmaps").glob("*.png"))
+    page = (demo_repo / "results" / "report" / "index.html").read_text()
+    assert page.count('class="card"') == len(FAST_OVERRIDES[("evaluate", "filters")])
+    assert all((demo_repo / "plots" / name).is_file() for name in ("train_loss.png", "train_accuracy.png"))
     for name in ("annotations.json", "train.json", "target.json"):
         assert json.loads((demo_repo / "metrics" / name).read_text())
     assert stale_stages(demo_repo) == set()
@@ -122,13 +126,14 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
         (("probe", "p"), 10, {"probe"}),
         (("probe", "quantile"), 0.99, {"probe", "compare"}),
         (("compare", "fdr"), 0.01, {"compare"}),
+        (("report", "table_rows"), 7, set()),
     ],
 )
 def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:
     original = (demo_repo / "params.yaml").read_text()
     try:
         set_params(demo_repo, {key: value})
-        assert stale_stages(demo_repo) == expected
+        assert stale_stages(demo_repo) == expected | READS_ALL_PARAMS
     finally:
         (demo_repo / "params.yaml").write_text(original)
     assert stale_stages(demo_repo) == set()
@@ -141,6 +146,8 @@ def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple
         ("lavise/data/download.py", {"download"}),
         ("lavise/models/explainer.py", {"train", "evaluate", "probe"}),
         ("lavise/metrics/two_proportion.py", {"compare"}),
+        ("lavise/report/figures.py", {"train", "report"}),
+        ("lavise/report/cards.py", {"report"}),
     ],
 )
 def test_code_edit_invalidates_exactly_its_importers(demo_repo: Path, module: str, expected: set) -> None:
@@ -253,6 +260,18 @@ def test_demo_probe_finds_the_planted_concept(demo_repo: Path) -> None:
     shuffled = np.random.default_rng(0).permutation(inputs.rows["group"].to_numpy())
     table = compare_groups(image_max > thresholds, shuffled, inputs.filters, fdr=0.05)
     assert not table["significant"].any()
+
+
+def test_dvc_plots_show_renders_offline(demo_repo: Path, tmp_path: Path) -> None:
+    """Every tracked plot is a PNG: DVC's page embeds them and asks no CDN for a chart library."""
+    import re
+
+    dvc("plots", "show", "-o", str(tmp_path / "plots"), cwd=demo_repo)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
+    images = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert any("train_loss" in src for src in images) and any("heatmaps" in src for src in images)
+    assert all((tmp_path / "plots" / src).is_file() for src in images)
 
 
 def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:

@@ -195,7 +195,8 @@ def test_training_is_deterministic(tiny_cache: dict[str, Path], tmp_path: Path) 
     weights_b = load_file(str(tmp_path / "b" / "explainer" / "explainer.safetensors"))
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    for name in ("plots/history.csv", "metrics/train.json", "explainer/config.json"):  # byte-identical DVC outputs
+    names = ("plots/history.csv", "plots/train_loss.png", "plots/train_accuracy.png", "metrics/train.json")
+    for name in (*names, "explainer/config.json"):  # byte-identical DVC outputs
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     third = run_training(tiny_cache, tmp_path / "c", epochs=3, seed=1)
     third.pop("seconds")
