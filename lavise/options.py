@@ -16,3 +16,4 @@ DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when present
 DECODE_MODES = ("workers", "device")  # features: CPU decode in the workers | JPEGs batched on the device
 OPTIMIZERS = ("dadapt_adam", "adam")  # the explainer's optimiser
 WORD_WEIGHTINGS = ("activation", "count")  # votes per top image in a filter's explanation
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # features: the CNN's autocast; auto = fp32 on CPU, bf16 on CUDA
