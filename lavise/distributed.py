@@ -42,6 +42,9 @@ class World:
         return self.rank == 0
 
 
+ONE_PROCESS = World(rank=0, world_size=1, local_rank=0)
+
+
 def current_world() -> World:
     """The rank and size torchrun gave this process; rank 0 of 1 outside torchrun."""
     return World(
@@ -109,3 +112,33 @@ def relaunch_under_torchrun(nproc: int, module: str, args: Sequence[str]) -> int
     command = torchrun_command(nproc, ["-m", module, *args])
     log.info("launching %d processes: %s", nproc, " ".join(command))
     return subprocess.run(command, env=env, check=False).returncode
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
+    """``values`` summed over the ranks (as float64, on ``device``: NCCL reduces only CUDA
+    tensors); ``values`` itself without a process group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``rows`` (CPU, [n_r, ...]) concatenated in rank order on every rank; ranks
+    with no rows (shape ``[0, 0]``) add nothing. Uneven sizes are fine (object gather)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return rows
+    parts: list[torch.Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, rows.cpu())
+    kept = [part for part in parts if part is not None and part.numel()]
+    return torch.cat(kept) if kept else rows
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when there is a process group of several ranks
+    (gradients all-reduced in backward, buffers broadcast from rank 0), else ``model``."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
