@@ -180,7 +180,8 @@ def predict(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sigmoid scores [N, C] and labels [N, C] for every readable image of ``loader``; with
     several ranks, of every rank's loader (each scores its shard, the rows are gathered)."""
-    model = getattr(model, "module", model)  # DDP's module: no collective per (uneven) batch
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module  # no collective per batch: the shards' batches are uneven
     model.eval()
     scores, labels = [], []
     for images, batch_labels in _batches(loader, counter, key):
