@@ -88,5 +88,7 @@ def test_a_queued_grid_runs_isolated_reproducible_experiments(tmp_path: Path) ->
             assert 0.0 <= exp["recall"][method]["recall@5"] <= 1.0, (layer, seed)
     assert cells[("layer4", 0)]["recall"] == workspace  # reproducible: same params, same metrics
     assert cells[("layer3", 0)]["recall"] != workspace  # isolated: another layer, other scores
-    table = dvc("exp", "show", "--csv", "--keep", "recall@5", "--drop", "Created", cwd=repo).stdout
-    assert "filter_attention.recall@5" in table.splitlines()[0]
+    columns = r"Experiment|backbone.layer|train.seed|^[a-z_]+\.recall@5$"
+    table = dvc("exp", "show", "--csv", "--drop", ".*", "--keep", columns, cwd=repo).stdout.splitlines()
+    assert {"backbone.layer", "train.seed", "filter_attention.recall@5"} <= set(table[0].split(","))
+    assert len(table) == 1 + 2 + 4  # header, workspace, main, the four cells
