@@ -37,18 +37,23 @@ GRID = ("backbone.layer=layer3,layer4", "train.seed=0,1")
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
 
-def _experiments(repo: Path) -> list[dict[str, Any]]:
-    """(name, params, recall metrics, state) of each experiment of `dvc exp show --json`."""
+def _recall(data: dict[str, Any]) -> dict[str, Any]:
+    return data.get("metrics", {}).get("metrics/recall.json", {}).get("data", {})
+
+
+def _experiments(repo: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`dvc exp show --json`: the recall metrics of the `main` commit (as DVC reads them: nulls
+    dropped) and, per experiment, its name, params and recall metrics."""
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
+    baseline = next(_recall(row["data"]) for row in shown if row.get("name") == "main")
     found = []
-    for baseline in shown:
-        for exp in baseline.get("experiments") or []:
+    for row in shown:
+        for exp in row.get("experiments") or []:
             for revision in exp.get("revs", []):
                 data = revision.get("data") or {}
                 params = data.get("params", {}).get("params.yaml", {}).get("data", {})
-                metrics = data.get("metrics", {}).get("metrics/recall.json", {}).get("data", {})
-                found.append({"name": revision.get("name"), "params": params, "recall": metrics, "rev": revision})
-    return found
+                found.append({"name": revision.get("name"), "params": params, "recall": _recall(data)})
+    return baseline, found
 
 
 def _wait_for_queue(repo: Path, timeout: float) -> str:
@@ -71,7 +76,6 @@ def test_a_queued_grid_runs_isolated_reproducible_experiments(tmp_path: Path) ->
     run([*GIT, "add", "-A"], repo)
     run([*GIT, "commit", "-qm", "sweep"], repo)
     dvc("repro", cwd=repo)  # the workspace's own run: layer4, train.seed 0
-    workspace = json.loads((repo / "metrics" / "recall.json").read_text())
     run([*GIT, "add", "-A"], repo)
     run([*GIT, "commit", "-qm", "baseline"], repo)
 
@@ -79,7 +83,7 @@ def test_a_queued_grid_runs_isolated_reproducible_experiments(tmp_path: Path) ->
     dvc("queue", "start", "--jobs", "2", cwd=repo)
     status = _wait_for_queue(repo, timeout=600)
     assert "Failed" not in status, status
-    experiments = _experiments(repo)
+    workspace, experiments = _experiments(repo)
     cells = {(e["params"]["backbone"]["layer"], e["params"]["train"]["seed"]): e for e in experiments}
     assert sorted(cells) == [("layer3", 0), ("layer3", 1), ("layer4", 0), ("layer4", 1)], status
     for (layer, seed), exp in cells.items():
@@ -88,6 +92,7 @@ def test_a_queued_grid_runs_isolated_reproducible_experiments(tmp_path: Path) ->
             assert 0.0 <= exp["recall"][method]["recall@5"] <= 1.0, (layer, seed)
     assert cells[("layer4", 0)]["recall"] == workspace  # reproducible: same params, same metrics
     assert cells[("layer3", 0)]["recall"] != workspace  # isolated: another layer, other scores
+    assert cells[("layer4", 1)]["recall"] != workspace  # another explainer seed, other scores
     columns = r"Experiment|backbone.layer|train.seed|^[a-z_]+\.recall@5$"
     table = dvc("exp", "show", "--csv", "--drop", ".*", "--keep", columns, cwd=repo).stdout.splitlines()
     assert {"backbone.layer", "train.seed", "filter_attention.recall@5"} <= set(table[0].split(","))
