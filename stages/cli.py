@@ -24,7 +24,12 @@ _HELD_LOCKS = contextlib.ExitStack()  # output locks, held until the process end
 
 
 def start_stage(
-    description: str | None, *, checks: Sequence[Check] = (), outputs: Sequence[str] = (), **default_paths: str
+    description: str | None,
+    *,
+    checks: Sequence[Check] = (),
+    outputs: Sequence[str] = (),
+    launch: Callable[[Mapping[str, Any]], bool] | None = None,
+    **default_paths: str,
 ) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Parse ``--<name> PATH`` options (defaults = the paths in dvc.yaml; ``target_model`` becomes
     ``--target-model``), configure logging, and load the validated params.yaml.
@@ -32,7 +37,11 @@ def start_stage(
     An invalid params.yaml ends the stage with its one-line message (exit status 2), not a
     traceback: the message already names the key and the allowed values. ``outputs`` names the
     path options the stage writes: each is locked (:func:`lavise.io.output_lock`) so that a second
-    direct run of the same stage stops at once, saying who holds the output.
+    direct run of the same stage stops at once, saying who holds the output. ``launch``: called
+    with the params before any output is touched (:func:`stages.launch.torchrun_launcher`: it may
+    re-run the stage as several processes and exit); False means this process shares outputs
+    that another one locks (a torchrun rank other than 0), so it neither locks them nor removes
+    their temporaries.
     """
     parser = argparse.ArgumentParser(description=description)
     for name, default in default_paths.items():
@@ -46,8 +55,9 @@ def start_stage(
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    owns_outputs = launch(params) if launch is not None else True
     owner = f"the {Path(sys.argv[0]).stem} stage"
-    for name in outputs:
+    for name in outputs if owns_outputs else ():
         path = Path(getattr(args, name))
         _HELD_LOCKS.enter_context(output_lock(path, owner))
         for folder in (path.parent, path) if path.is_dir() else (path.parent,):

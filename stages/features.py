@@ -1,7 +1,8 @@
 """`features` stage: one forward pass of the frozen CNN per image, cached (lavise/features/extract.py).
 
 Reads `dataset`, `backbone`, `transform` and `features` from params.yaml; writes data/features in
-the format of lavise/features/cache.py.
+the format of lavise/features/cache.py. With `features.nproc` > 1 the stage re-runs itself as that
+many torchrun processes (lavise/distributed.py); the cache's bytes are the same.
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lavise.devices import resolve_device
+from lavise.devices import resolve_device, resolve_precision
 from lavise.features.extract import ExtractionSettings, build_feature_cache
 from lavise.models.checkpoints import resolve_weights
 from stages.backbone_params import validate_backbone
 from stages.cli import run_stage, start_stage
+from stages.launch import torchrun_launcher
 
 
 def extraction_settings(params: dict[str, Any], target_model: Path) -> ExtractionSettings:
     """The params that change the cache's bytes, with `backbone.weights: target` resolved to the
-    `target` stage's checkpoint and `features.device` to a device."""
+    `target` stage's checkpoint, `features.device` to a device and `features.precision` to the
+    autocast that runs there."""
     backbone, transform, features = params["backbone"], params["transform"], params["features"]
+    device = resolve_device(features["device"], "features.device")
     return ExtractionSettings(
         model=backbone["name"],
         weights=resolve_weights(backbone["weights"], target_model, "backbone.weights"),
@@ -29,9 +33,10 @@ def extraction_settings(params: dict[str, Any], target_model: Path) -> Extractio
         crop=int(transform["crop"]),
         batch_size=features["batch_size"],
         chunk_images=features["chunk_images"],
-        device=resolve_device(features["device"], "features.device"),
+        device=device,
         decode=features["decode"],
         max_pixels=params["images"]["max_pixels"],
+        precision=resolve_precision(features["precision"], device, "features.precision"),
     )
 
 
@@ -40,6 +45,7 @@ def main() -> None:
         __doc__,
         checks=(validate_backbone,),
         outputs=("out",),
+        launch=torchrun_launcher("features", "stages.features"),
         annotations="data/annotations",
         raw="data/raw",
         target_model="models/target",

@@ -154,6 +154,7 @@ SCHEMA: dict[str, Any] = {
         "seed": integer(0),
         "num_workers": integer(0, 64),
         "device": one_of(*options.DEVICES),
+        "nproc": integer(1, 1024),
     },
     "features": {
         "batch_size": integer(1),
@@ -161,6 +162,8 @@ SCHEMA: dict[str, Any] = {
         "device": one_of(*options.DEVICES),
         "decode": one_of(*options.DECODE_MODES),
         "chunk_images": integer(1),
+        "nproc": integer(1, 1024),
+        "precision": one_of(*options.PRECISIONS),
     },
     "train": {
         "hidden_dim": integer(1, nullable=True),

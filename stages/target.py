@@ -3,7 +3,9 @@
 Runs only when `backbone.weights` is `target`; otherwise it records that nothing was trained.
 Steps: read the labelled images, build the classifier from `target.init`, train, then write the
 checkpoint with its config and the metrics. Reads the `target` section (and the backbone name,
-the dataset and the `features` geometry `transform`), never `features.*`.
+the dataset and the `features` geometry `transform`), never `features.*`. With `target.nproc` > 1
+the stage re-runs itself as that many torchrun processes training one DistributedDataParallel
+model; rank 0 alone writes the checkpoint and the metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from lavise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lavise.devices import resolve_device
+from lavise.distributed import current_world
 from lavise.io import atomic_dir, json_float, write_json
 from lavise.models.checkpoints import save_checkpoint
 from lavise.models.classifier import build_classifier
@@ -25,6 +28,7 @@ from lavise.training.target import LOSS_DESCRIPTION, OPTIMIZER_DESCRIPTION, Trai
 from lavise.training.target_data import MultiLabelData, load_multilabel_data
 from stages.backbone_params import validate_backbone
 from stages.cli import run_stage, start_stage
+from stages.launch import torchrun_launcher
 
 log = logging.getLogger("stages.target")
 
@@ -127,11 +131,19 @@ def run_target(
     """The stage with the validated ``params``: writes ``out_dir/model.safetensors`` +
     ``out_dir/config.json`` and ``metrics_path``; returns the metrics plus the training seconds."""
     backbone, target = params["backbone"], params["target"]
+    is_main = current_world().is_main  # under torchrun only rank 0 writes
     if backbone["weights"] != "target":
-        return write_not_trained(out_dir, metrics_path, backbone["weights"])
+        return write_not_trained(out_dir, metrics_path, backbone["weights"]) if is_main else {"trained": False}
+    if target["batch_size"] % target["nproc"]:
+        raise ValueError(
+            f"target.batch_size {target['batch_size']} is the global batch: it must divide among "
+            f"target.nproc = {target['nproc']} processes"
+        )
     device = resolve_device(target["device"], "target.device")
     data = load_data(Path(annotations_dir), Path(raw_dir) / params["dataset"], params["images"]["max_pixels"])
     result = train(data, backbone["name"], target, params["transform"], device)
+    if not is_main:
+        return {**target_metrics(result, target["epochs"]), "written": False}
     Path(metrics_path).unlink(missing_ok=True)  # written last: without it the set is unfinished
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(result.state_dict, tmp / "model.safetensors")
@@ -147,6 +159,7 @@ def main() -> None:
         __doc__,
         checks=(validate_backbone,),
         outputs=("out", "metrics"),
+        launch=torchrun_launcher("target", "stages.target"),
         annotations="data/annotations",
         raw="data/raw",
         out="models/target",

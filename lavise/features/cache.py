@@ -293,7 +293,13 @@ def prepare_chunks(out_dir: Path, fingerprint: dict[str, Any], n_chunks: int) ->
         log.warning("discarding chunks in %s: written with other settings or inputs", chunks_root)
         shutil.rmtree(chunks_root)
     write_json(fingerprint_path, fingerprint)
-    chunk_dirs = [chunks_root / f"chunk_{index:06d}" for index in range(n_chunks)]
+    return chunk_paths(out_dir, n_chunks)
+
+
+def chunk_paths(out_dir: Path, n_chunks: int) -> tuple[list[Path], list[int]]:
+    """The chunk directories of a cache and the indices of those not written yet (what every
+    rank of a multi-process run reads once rank 0 has prepared the chunks)."""
+    chunk_dirs = [out_dir / CHUNKS_DIR / f"chunk_{index:06d}" for index in range(n_chunks)]
     pending = [index for index, chunk_dir in enumerate(chunk_dirs) if not chunk_dir.is_dir()]
     return chunk_dirs, pending
 

@@ -6,7 +6,7 @@ CNN again (FACT2023 re-ran the CNN per annotation per epoch: ~15 A100-hours per 
 
 Work split: DataLoader workers decode, crop and turn each image's masks into soft feature-grid
 weights; the main process only normalises, runs the model (channels_last, inference_mode,
-autocast on CUDA) and pools with one einsum. With ``decode="device"`` (the modes:
+autocast at ``settings.precision``) and pools with one einsum. With ``decode="device"`` (the modes:
 ``lavise.options.DECODE_MODES``) workers only read the bytes of the JPEGs nvJPEG can take
 (``device_decodable_size``) and the main process decodes them batched on the model's device,
 where 16 CPU cores cannot keep up with a GPU's ResNet-18; files outside that set are still
@@ -15,6 +15,11 @@ chunks of ``chunk_images`` images; a killed run resumes from the first missing c
 batches never straddle chunks, so every batch of a resumed run is computed exactly as before.
 A chunk is reused only if its images' files still have the digests the workers computed from
 the bytes they read (a file replaced after a kill, even by one of the same size, is recomputed).
+
+Several processes (torchrun, :mod:`lavise.distributed`): rank 0 prepares and checks the chunks,
+each rank computes the pending chunks whose index it owns (``rank_share``), and after a barrier
+rank 0 assembles the cache, so the bytes are those of one process and a killed run resumes the
+same way.
 
 Before the pass: the geometry must fit in memory (a ``resize`` of 100000 would resize each image
 to gigabytes; :func:`check_geometry_memory`) and the cache on the disk (the writer's
@@ -29,9 +34,9 @@ import logging
 import multiprocessing
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +62,8 @@ from lavise.data.images import (
 )
 from lavise.data.masks import image_object_masks
 from lavise.data.transforms import mask_to_grid, masks_to_crop, resized_size, to_model_input, transform_geometry
+from lavise.devices import AUTOCAST_DTYPES
+from lavise.distributed import World, barrier, init_process_group, rank_device, rank_share
 from lavise.features.cache import (
     DTYPE,
     FORMAT_VERSION,
@@ -66,6 +73,7 @@ from lavise.features.cache import (
     VAL_IMAGES_SCHEMA,
     assemble_chunks,
     chunk_digests,
+    chunk_paths,
     ensure_free_space,
     estimated_bytes,
     finish_cache,
@@ -271,10 +279,12 @@ def forward_batches(
     resize: int,
     crop: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    precision: str = "fp32",
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]]:
-    """Yield (batch, pooled object vectors [B, K, d], maps [B, d, h', w']) as float16 numpy."""
-    use_autocast = device.type == "cuda"
-    autocast_dtype = torch.float16 if use_autocast and not torch.cuda.is_bf16_supported() else torch.bfloat16
+    """Yield (batch, pooled object vectors [B, K, d], maps [B, d, h', w']) as float16 numpy;
+    the model runs under autocast at ``precision`` (a key of AUTOCAST_DTYPES; fp32: none)."""
+    autocast_dtype = AUTOCAST_DTYPES[precision]
+    use_autocast = autocast_dtype is not None
     for batch in loader:
         if not batch["ok_positions"]:
             yield batch, None, None
@@ -346,7 +356,8 @@ class ExtractionSettings:
 
     ``weights``: a torchvision weights name, ``none`` or a checkpoint path (``target`` already
     resolved); ``layer``: a module name of ``model``; ``decode``: one of DECODE_MODES;
-    ``max_pixels``: the pixel limit of an image's header (a larger image is ``too_large``).
+    ``max_pixels``: the pixel limit of an image's header (a larger image is ``too_large``);
+    ``precision``: the autocast of the CNN, fp32 | bf16 | fp16 (``lavise.devices.resolve_precision``).
     """
 
     model: str
@@ -360,6 +371,7 @@ class ExtractionSettings:
     device: torch.device
     decode: str
     max_pixels: int = DEFAULT_MAX_PIXELS
+    precision: str = "fp32"
 
 
 def _fingerprint(annotations_dir: Path, settings: ExtractionSettings) -> dict[str, Any]:
@@ -380,6 +392,7 @@ def _fingerprint(annotations_dir: Path, settings: ExtractionSettings) -> dict[st
         "device": settings.device.type,
         "decode": settings.decode,
         "max_pixels": settings.max_pixels,
+        "precision": settings.precision,
         "torch": torch.__version__,
         "annotations_sha256": {
             name: file_digest(annotations_dir / name, "sha256") for name in ("images.parquet", "objects.parquet")
@@ -620,6 +633,7 @@ def _compute_chunks(
     settings: ExtractionSettings,
     map_shape: tuple[int, int, int],
     total: int,
+    description: str = "features",
 ) -> tuple[int, int]:
     """Run every pending batch and write each chunk once all its images are in.
 
@@ -630,8 +644,10 @@ def _compute_chunks(
     splits = inputs.images.column("split").to_pylist()
     buffers: dict[int, _ChunkBuffer] = {}
     computed, sent_to_device_decoder = 0, 0
-    batches = forward_batches(loader, extractor, settings.device, settings.resize, settings.crop, settings.max_pixels)
-    with tqdm(total=total, desc="features", unit="img") as progress:
+    batches = forward_batches(
+        loader, extractor, settings.device, settings.resize, settings.crop, settings.max_pixels, settings.precision
+    )
+    with tqdm(total=total, desc=description, unit="img") as progress:
         for batch, pooled, maps in batches:
             chunk = batch["positions"][0] // size
             start, end = chunk * size, min(chunk * size + size, n_images)
@@ -678,6 +694,7 @@ def _meta(
         "transform": {"resize": settings.resize, "crop": settings.crop},
         "decode": settings.decode,
         "max_pixels": settings.max_pixels,
+        "precision": settings.precision,
         "pooling": POOLING,
         "dtype": "float16",
         "counts": {
@@ -722,19 +739,45 @@ def _load_extractor(settings: ExtractionSettings, weights_what: str) -> tuple[nn
 
 
 def _log_plan(
-    settings: ExtractionSettings, map_shape: tuple[int, int, int], n_images: int, n_chunks: int, pending: int
+    settings: ExtractionSettings,
+    map_shape: tuple[int, int, int],
+    n_images: int,
+    n_chunks: int,
+    pending: int,
+    world: World,
 ) -> None:
     log.info(
-        "features: %s %s layer %s -> %dx%dx%d on %s; %d images in %d chunks, %d to compute",
+        "features: %s %s layer %s -> %dx%dx%d on %s at %s; %d images in %d chunks, %d to compute%s",
         settings.model,
         settings.weights,
         settings.layer,
         *map_shape,
         settings.device,
+        settings.precision,
         n_images,
         n_chunks,
         pending,
+        f" by rank {world.rank} of {world.world_size}" if world.world_size > 1 else "",
     )
+
+
+def _pending_chunks(
+    out_dir: Path,
+    fingerprint: dict[str, Any],
+    n_chunks: int,
+    check: Callable[[list[Path], list[int]], list[int]],
+    world: World,
+) -> tuple[list[Path], list[int]]:
+    """The chunk directories and the pending chunks this rank computes. Rank 0 alone discards
+    stale chunks and temporaries and runs ``check(chunk_dirs, pending) -> pending`` (the digest
+    and free-space checks); the other ranks wait for it, then read which chunks are missing."""
+    if world.is_main:
+        chunk_dirs, pending = prepare_chunks(out_dir, fingerprint, n_chunks)
+        pending = check(chunk_dirs, pending)
+    barrier()
+    if not world.is_main:
+        chunk_dirs, pending = chunk_paths(out_dir, n_chunks)
+    return chunk_dirs, rank_share(pending, world)
 
 
 def _prepare_pass(
@@ -745,6 +788,7 @@ def _prepare_pass(
     num_workers: int,
     resize_what: str,
     weights_what: str,
+    world: World,
 ) -> tuple[AnnotationInputs, nn.Module, tuple[int, int, int], ImageObjectsDataset, list[Path], list[int]]:
     """Everything checked before the first batch: the tables, the geometry's memory, the model,
     the chunks a resume keeps (same settings, same image bytes) and the free space for the rest."""
@@ -766,11 +810,16 @@ def _prepare_pass(
         max_pixels=settings.max_pixels,
     )
     n_chunks = max(1, -(-inputs.images.num_rows // settings.chunk_images))
-    chunk_dirs, pending = prepare_chunks(out_dir, _fingerprint(annotations_dir, settings), n_chunks)
-    pending = verify_chunks(dataset, chunk_dirs, pending, settings.chunk_images, num_workers)
-    chunks_bytes, cache_bytes = space_needed(inputs, map_shape, settings.chunk_images, pending)
-    ensure_free_space(out_dir, chunks_bytes=chunks_bytes, cache_bytes=cache_bytes)
-    _log_plan(settings, map_shape, inputs.images.num_rows, n_chunks, len(pending))
+
+    def check(chunk_dirs: list[Path], pending: list[int]) -> list[int]:
+        pending = verify_chunks(dataset, chunk_dirs, pending, settings.chunk_images, num_workers)
+        chunks_bytes, cache_bytes = space_needed(inputs, map_shape, settings.chunk_images, pending)
+        ensure_free_space(out_dir, chunks_bytes=chunks_bytes, cache_bytes=cache_bytes)
+        return pending
+
+    fingerprint = _fingerprint(annotations_dir, settings)
+    chunk_dirs, pending = _pending_chunks(out_dir, fingerprint, n_chunks, check, world)
+    _log_plan(settings, map_shape, inputs.images.num_rows, n_chunks, len(pending), world)
     return inputs, extractor, map_shape, dataset, chunk_dirs, pending
 
 
@@ -788,17 +837,24 @@ def build_feature_cache(
 
     ``raw_dir``: where images.parquet's paths are relative to. ``num_workers``: DataLoader
     workers (decoding; no effect on the bytes). ``resize_what``, ``weights_what``: how a message
-    names ``settings.resize`` and ``settings.weights``. Returns meta.json's content plus timing.
+    names ``settings.resize`` and ``settings.weights``. Returns meta.json's content plus timing;
+    under torchrun every rank calls this, and ranks other than 0 return only their counts.
     """
     annotations_dir, raw_dir, out_dir = Path(annotations_dir), Path(raw_dir), Path(out_dir)
     started = time.perf_counter()
+    world = init_process_group(settings.device)
+    settings = replace(settings, device=rank_device(settings.device, world))
     inputs, extractor, map_shape, dataset, chunk_dirs, pending = _prepare_pass(
-        annotations_dir, raw_dir, out_dir, settings, num_workers, resize_what, weights_what
+        annotations_dir, raw_dir, out_dir, settings, num_workers, resize_what, weights_what, world
     )
     batches = chunk_batches(pending, inputs.images.num_rows, settings.chunk_images, settings.batch_size)
     loader = _loader(dataset, batches, num_workers, settings.device)
     total = sum(len(batch) for batch in batches)
-    computed, sent = _compute_chunks(loader, extractor, inputs, chunk_dirs, settings, map_shape, total)
+    description = f"features rank {world.rank}" if world.world_size > 1 else "features"
+    computed, sent = _compute_chunks(loader, extractor, inputs, chunk_dirs, settings, map_shape, total, description)
+    barrier()  # every rank's chunks are written
+    if not world.is_main:
+        return {"rank": world.rank, "seconds": time.perf_counter() - started, "images_computed": computed}
     (out_dir / META_FILE).unlink(missing_ok=True)  # the marker goes first: a killed assembly leaves no cache
     meta = _meta(settings, map_shape, inputs, assemble_chunks(chunk_dirs, out_dir), out_dir)
     finish_cache(out_dir, meta)

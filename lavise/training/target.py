@@ -36,10 +36,19 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from lavise.data.transforms import to_model_input
+from lavise.distributed import (
+    ONE_PROCESS,
+    World,
+    all_reduce_sum,
+    gather_rows,
+    init_process_group,
+    rank_device,
+    wrap_ddp,
+)
 from lavise.metrics.average_precision import mean_average_precision
 from lavise.models.classifier import set_head_bias_to_prior
 from lavise.training.target_data import (
@@ -92,14 +101,56 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+def shard(view: Dataset, world: World) -> Dataset:
+    """Every ``world_size``-th item of ``view`` from ``rank`` on (all of it for one process):
+    each rank scores its share and the scores are gathered, so no image is scored twice."""
+    if world.world_size == 1:
+        return view
+    return Subset(view, range(world.rank, len(view), world.world_size))
+
+
+def _distributed_loaders(
+    train_view: AugmentedImages, val_view: AugmentedImages, batch_size: int, seed: int, num_workers: int, world: World
+) -> tuple[DataLoader, DataLoader]:
+    """Per rank ``batch_size / world_size`` images from its DistributedSampler share (shuffled
+    from ``seed``, re-drawn each epoch by ``set_epoch``; the few images that do not divide among
+    the ranks are dropped, so every rank takes the same number of steps) and its val shard."""
+    if batch_size % world.world_size:
+        raise ValueError(f"batch size {batch_size} does not divide among {world.world_size} processes")
+    per_rank = batch_size // world.world_size
+    sampler = DistributedSampler(
+        train_view, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=seed, drop_last=True
+    )
+    train_loader = DataLoader(
+        train_view,
+        batch_size=per_rank,
+        sampler=sampler,
+        drop_last=len(sampler) > per_rank,
+        num_workers=num_workers,
+        collate_fn=collate_skipping_unreadable,
+    )
+    val_loader = DataLoader(
+        shard(val_view, world), batch_size=per_rank, num_workers=num_workers, collate_fn=collate_skipping_unreadable
+    )
+    return train_loader, val_loader
+
+
 def make_loaders(
-    train_view: AugmentedImages, val_view: AugmentedImages, batch_size: int, seed: int, num_workers: int
+    train_view: AugmentedImages,
+    val_view: AugmentedImages,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    world: World = ONE_PROCESS,
 ) -> tuple[DataLoader, DataLoader]:
     """Shuffled (seeded) training batches and in-order validation batches.
 
     The last incomplete training batch is dropped unless it is the only one: BatchNorm statistics
-    of a tiny trailing batch are noise.
+    of a tiny trailing batch are noise. Several ranks: :func:`_distributed_loaders`
+    (``batch_size`` stays the global batch).
     """
+    if world.world_size > 1:
+        return _distributed_loaders(train_view, val_view, batch_size, seed, num_workers, world)
     train_loader = DataLoader(
         train_view,
         batch_size=batch_size,
@@ -127,16 +178,22 @@ def _batches(loader: DataLoader, counter: dict[str, int], key: str) -> Iterator[
 def predict(
     model: nn.Module, loader: DataLoader, device: torch.device, counter: dict[str, int], key: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmoid scores [N, C] and labels [N, C] for every readable image of ``loader``."""
+    """Sigmoid scores [N, C] and labels [N, C] for every readable image of ``loader``; with
+    several ranks, of every rank's loader (each scores its shard, the rows are gathered)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module  # no collective per batch: the shards' batches are uneven
     model.eval()
     scores, labels = [], []
     for images, batch_labels in _batches(loader, counter, key):
         inputs = to_model_input(images, device)
         scores.append(torch.sigmoid(model(inputs).float()).cpu())
         labels.append(batch_labels)
-    if not scores:
-        return torch.empty(0, 0), torch.empty(0, 0)
-    return torch.cat(scores), torch.cat(labels)
+    empty = torch.empty(0, 0)
+    scores, labels = (
+        gather_rows(torch.cat(scores) if scores else empty),
+        gather_rows(torch.cat(labels) if labels else empty),
+    )
+    return scores, labels
 
 
 def train_one_epoch(
@@ -150,7 +207,8 @@ def train_one_epoch(
 ) -> float:
     """One pass of multi-label BCE over ``loader``; returns the image-weighted mean loss.
 
-    Unreadable images are counted in ``counter["unreadable"]``.
+    Unreadable images are counted in ``counter["unreadable"]``. With several ranks the loss is
+    averaged over every rank's images.
     """
     model.train()
     loss_fn = nn.BCEWithLogitsLoss()
@@ -166,6 +224,7 @@ def train_one_epoch(
         scheduler.step()
         loss_sum += float(loss.detach()) * len(images)
         n_seen += len(images)
+    loss_sum, n_seen = all_reduce_sum([loss_sum, n_seen], device)
     return loss_sum / max(1, n_seen)
 
 
@@ -199,13 +258,16 @@ def fit(
     val_maps: list[float] = []
     for epoch in range(epochs):
         train_view.epoch = epoch
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # the shuffle of epoch e: seed + e, on every rank
         counter: dict[str, int] = {}
         description = f"target epoch {epoch + 1}/{epochs}"
         train_losses.append(train_one_epoch(model, train_loader, optimizer, scheduler, device, counter, description))
         val_maps.append(validate(model, val_loader, device, counter))
         if skipped is not None:  # streamed: the same files fail every epoch; keep the count of one epoch
-            skipped["train_unreadable"] = counter.get("unreadable", 0)
-            skipped["val_unreadable"] = counter.get("val_unreadable", 0)
+            keys = ("unreadable", "val_unreadable")
+            totals = all_reduce_sum([counter.get(key, 0) for key in keys], device)
+            skipped["train_unreadable"], skipped["val_unreadable"] = (int(total) for total in totals)
         log.info(
             "target epoch %d/%d: train loss %.4f, val mAP %.4f, %.0f s",
             epoch + 1,
@@ -227,13 +289,16 @@ def score_at_geometry(
     batch_size: int,
     num_workers: int,
     device: torch.device,
+    world: World = ONE_PROCESS,
 ) -> float:
     """mAP of ``model`` on ``images`` resized to ``resize`` and centre-cropped to ``crop``: the
-    geometry `features` feeds the backbone, streamed from disk."""
+    geometry `features` feeds the backbone, streamed from disk (each rank its shard)."""
     view = AugmentedImages(
         images.labels, crop, False, seed, source=ResizedImageSource(images.files, resize, images.read)
     )
-    loader = DataLoader(view, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping_unreadable)
+    loader = DataLoader(
+        shard(view, world), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping_unreadable
+    )
     val_map = validate(model, loader, device, {}, "unreadable")
     log.info("target: val mAP at the features geometry (%d/%d): %.4f", resize, crop, val_map)
     return val_map
@@ -276,23 +341,24 @@ def train_target_model(
     score_at_transform: bool = True,
 ) -> TrainingResult:
     """Train ``model`` (a fresh classifier with one output per category) on multi-label BCE;
-    the last epoch's weights are the result.
+    the last epoch's weights are the result, on every rank under torchrun (DistributedDataParallel,
+    ``batch_size`` the global batch).
 
     ``eval_resize``/``eval_crop`` are the `features` geometry: training images are resized to the
     same crop/resize ratio at ``crop``, and, if ``score_at_transform``, the final model is scored
     once more at that geometry.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
-    torch_device = torch.device(device)
+    world = init_process_group(torch.device(device))  # one process outside torchrun: nothing to join
+    torch_device = rank_device(torch.device(device), world)
     cache = len(data.train) + len(data.val) <= max_cached_images
-    shorter_side = round(crop * eval_resize / eval_crop)
-    train_view, val_view, skipped = _views(data, crop, shorter_side, seed, cache, num_workers)
+    train_view, val_view, skipped = _views(data, crop, round(crop * eval_resize / eval_crop), seed, cache, num_workers)
     set_head_bias_to_prior(model, data.train.labels.mean(0))
     model = model.to(torch_device).to(memory_format=torch.channels_last)
-    loaders = make_loaders(train_view, val_view, batch_size, seed, num_workers)
+    loaders = make_loaders(train_view, val_view, batch_size, seed, num_workers, world)
     optimizer, scheduler = make_optimizer(model, lr, weight_decay, len(loaders[0]), epochs)
     train_losses, val_maps = fit(
-        model,
+        wrap_ddp(model, torch_device),
         train_view,
         loaders,
         optimizer,
@@ -313,7 +379,7 @@ def train_target_model(
             batch_size=batch_size,
             num_workers=num_workers,
             device=torch_device,
+            world=world,
         )
-    result.seconds = time.perf_counter() - start
-    result.cpu_seconds = time.process_time() - cpu_start
+    result.seconds, result.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return result

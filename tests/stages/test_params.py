@@ -57,6 +57,9 @@ def test_committed_params_are_valid() -> None:
         (("download", "glove_dim"), 300, "50 with download.source: demo"),
         (("download", "datasets"), ["coco"], "`dataset` = 'vg' is invalid; allowed: one of download.datasets ['coco']"),
         (("transform", "crop"), 300, "at most transform.resize (256)"),
+        (("features", "precision"), "fp64", "`features.precision` = 'fp64' is invalid; allowed: auto | fp32 | bf16"),
+        (("features", "nproc"), 0, "`features.nproc` = 0 is invalid"),
+        (("target", "nproc"), 1.5, "`target.nproc` = 1.5 is invalid"),
     ],
 )
 def test_bad_value_names_key_and_allowed(defaults: dict, path: tuple, value: object, fragment: str) -> None:

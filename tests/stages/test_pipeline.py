@@ -127,6 +127,9 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
         (("probe", "quantile"), 0.99, {"probe", "compare"}),
         (("compare", "fdr"), 0.01, {"compare"}),
         (("report", "table_rows"), 7, set()),
+        (("features", "nproc"), 2, {"features", "probe_features"}),
+        (("features", "precision"), "bf16", {"features", "probe_features"}),
+        (("target", "nproc"), 2, {"target"}),
     ],
 )
 def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:

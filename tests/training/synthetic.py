@@ -95,6 +95,7 @@ TARGET = {
     "seed": 3,
     "num_workers": 0,
     "device": "cpu",
+    "nproc": 1,
 }
 BACKBONE = {"name": "resnet18", "weights": "target", "layer": "layer4", "num_classes": None}
 TRANSFORM = {"resize": 73, "crop": 64}
