@@ -1,7 +1,8 @@
 """`features` stage: one forward pass of the frozen CNN per image, cached (lavise/features/extract.py).
 
 Reads `dataset`, `backbone`, `transform` and `features` from params.yaml; writes data/features in
-the format of lavise/features/cache.py.
+the format of lavise/features/cache.py. The preprocessing is the weights' preset with the
+`transform` values that are set on top (stages/backbone_params.py), recorded in meta.json.
 """
 
 from __future__ import annotations
@@ -12,26 +13,31 @@ from typing import Any
 from lavise.devices import resolve_device
 from lavise.features.extract import ExtractionSettings, build_feature_cache
 from lavise.models.checkpoints import resolve_weights
-from stages.backbone_params import validate_backbone
+from stages.backbone_params import stage_preprocessing, validate_backbone
 from stages.cli import run_stage, start_stage
 
 
 def extraction_settings(params: dict[str, Any], target_model: Path) -> ExtractionSettings:
     """The params that change the cache's bytes, with `backbone.weights: target` resolved to the
     `target` stage's checkpoint and `features.device` to a device."""
-    backbone, transform, features = params["backbone"], params["transform"], params["features"]
+    backbone, features = params["backbone"], params["features"]
+    preprocessing = stage_preprocessing(params, backbone["weights"])
     return ExtractionSettings(
         model=backbone["name"],
         weights=resolve_weights(backbone["weights"], target_model, "backbone.weights"),
         layer=backbone["layer"],
         num_classes=backbone["num_classes"],
-        resize=int(transform["resize"]),
-        crop=int(transform["crop"]),
+        resize=preprocessing.resize,
+        crop=preprocessing.crop,
         batch_size=features["batch_size"],
         chunk_images=features["chunk_images"],
         device=resolve_device(features["device"], "features.device"),
         decode=features["decode"],
         max_pixels=params["images"]["max_pixels"],
+        interpolation=preprocessing.interpolation,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+        preset=preprocessing.preset,
     )
 
 
