@@ -10,7 +10,7 @@ import torch
 
 from lavise.models.backbones import skeleton
 from lavise.models.extractor import FeatureExtractor, HookTruncated, LayerProbe, as_maps
-from lavise.models.token_grid import check_grid_layer, extra_tokens, from_maps, layout_of, to_maps
+from lavise.models.token_grid import _layer_list, check_grid_layer, extra_tokens, from_maps, layout_of, to_maps
 
 
 def test_tokens_become_a_row_major_grid_without_the_extra_tokens() -> None:
@@ -80,9 +80,9 @@ def test_a_head_layer_is_refused_with_its_shape_and_the_grid_layers(tiny_vit: to
     assert listed[:4] == ["patch_embed", "patch_embed.proj", "patch_embed.norm", "pos_drop"]  # module order
     assert "blocks.1" in listed and "norm" in listed
     assert "fc_norm" not in listed and "head" not in listed  # a pooled vector, the logits
-    assert "deeper names such as blocks.0.attn.qkv" in message
-    with pytest.raises(ValueError, match=r"layer 'blocks.0.attn.qkv' of .* outputs shape \(1, 5, 576\): 5 tokens"):
-        check_grid_layer(tiny_vit, "blocks.0.attn.qkv", 16, "timm/vit_tiny_patch16_224")  # 1 patch + 1 class: ok
+    assert "blocks.0.attn.qkv" in listed and "; and " not in message  # two blocks: every name fits
+    names = ["blocks", "blocks.0", "blocks.0.mlp", "blocks.0.mlp.fc1", "blocks.1", "norm"]
+    assert _layer_list(names, limit=4) == "blocks, blocks.0, blocks.1, norm; and 2 deeper names such as blocks.0.mlp"
     assert check_grid_layer(tiny_vit, "patch_embed", 32, "vit") == {
         "layout": "tokens",
         "dropped_tokens": 0,  # before the class token is prepended
