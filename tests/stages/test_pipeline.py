@@ -116,6 +116,7 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
         (("target", "num_workers"), 0, {"target"}),
         (("target", "lr"), 0.01, {"target"}),
         (("download", "demo_seed"), 3, {"download"}),
+        (("transform", "interpolation"), "bicubic", {"target", "features", "evaluate"}),
     ],
 )
 def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:
