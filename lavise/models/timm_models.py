@@ -108,7 +108,7 @@ def preset(name: str) -> dict[str, Any]:
     if height != width or mode != "center":
         raise ValueError(
             f"{name}'s preset is a {height}x{width} input with crop_mode {mode!r}; only square centre crops "
-            "are supported: set the resize and crop explicitly"
+            "are supported"
         )
     interpolation = config["interpolation"]
     if interpolation not in INTERPOLATIONS:
