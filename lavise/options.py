@@ -18,3 +18,4 @@ OPTIMIZERS = ("dadapt_adam", "adam")  # the explainer's optimiser
 WORD_WEIGHTINGS = ("activation", "count")  # votes per top image in a filter's explanation
 PROBE_GROUPINGS = ("subfolders", "column", "none")  # probe: groups from first-level subfolders | a CSV column | none
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # features: the CNN's autocast; auto = fp32 on CPU, bf16 on CUDA
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # resize interpolation of images and masks alike

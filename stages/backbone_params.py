@@ -11,17 +11,50 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lavise.models import backbones
+from lavise.data.transforms import Preprocessing, resolve_preprocessing
+from lavise.models import backbones, timm_models
 from lavise.models.checkpoints import looks_like_checkpoint
-from stages.params import fail
+from lavise.models.presets import weights_preset
+from stages.params import ParamsError, fail
+
+
+def _check_name(name: str) -> None:
+    """`backbone.name`: a torchvision classifier, or `timm/<name>` that timm knows."""
+    if timm_models.is_timm(name):
+        try:
+            timm_models.timm_model_name(name)
+        except ValueError as error:
+            raise ParamsError(f"params.yaml: `backbone.name`: {error}.") from None
+        return
+    models = backbones.classification_models()
+    if name not in models:
+        fail(
+            "backbone.name",
+            name,
+            "a torchvision classification model (" + ", ".join(models) + f") or {timm_models.PREFIX}<a timm model>",
+        )
+
+
+def stage_preprocessing(params: Mapping[str, Any], weights: str) -> Preprocessing:
+    """The preprocessing of `backbone.name` with ``weights`` (`backbone.weights`, `target` resolved
+    or not): its preset with the `transform` values that are set on top; ParamsError naming
+    `transform` when they do not fit together."""
+    try:
+        return resolve_preprocessing(weights_preset(params["backbone"]["name"], weights), params["transform"])
+    except ValueError as error:
+        raise ParamsError(f"params.yaml: `transform` with backbone {params['backbone']['name']}: {error}.") from None
 
 
 def validate_backbone(params: Mapping[str, Any], root: Path) -> None:
-    """Model, layer and weights against what `lavise.models.backbones` will accept, before any work."""
+    """Model, layer, weights and preprocessing against what `lavise.models` will accept, before any work."""
     backbone = params["backbone"]
-    models = backbones.classification_models()
-    if backbone["name"] not in models:
-        fail("backbone.name", backbone["name"], "a torchvision classification model: " + ", ".join(models))
+    _check_name(backbone["name"])
+    if timm_models.is_timm(backbone["name"]) and backbone["weights"] == "target":
+        fail(
+            "backbone.weights",
+            "target",
+            "none | pretrained | a checkpoint path (the target stage trains torchvision models)",
+        )
     layers = backbones.layer_names(backbone["name"])
     if backbone["layer"] not in layers:
         top = [n for n in layers if "." not in n]
@@ -43,3 +76,4 @@ def validate_backbone(params: Mapping[str, Any], root: Path) -> None:
         names = backbones.weight_names(backbone["name"])
         if value not in names:
             fail(f"{section}.{key}", value, " | ".join([*special, *names, "a checkpoint path"]))
+    stage_preprocessing(params, backbone["weights"])

@@ -26,6 +26,7 @@ from lavise.features.thresholds import filter_thresholds
 from lavise.io import atomic_dir, atomic_path, json_float, write_json, write_parquet
 from lavise.probe.compare import compare_groups, example_rows
 from lavise.probe.inputs import ProbeInputs, open_probe
+from stages.backbone_params import stage_preprocessing
 from stages.cli import run_stage, start_stage
 
 log = logging.getLogger("stages.compare")
@@ -70,7 +71,7 @@ def write_sheets(
     entries: dict[str, list[dict[str, Any]]],
     stats: tuple[np.ndarray, np.ndarray, np.ndarray],
     settings: Mapping[str, Any],
-    geometry: tuple[int, int],
+    geometry: tuple[int, int, str],
     max_pixels: int,
 ) -> None:
     """One sheet per top filter (of any group): examples of every group, rates and words in the header."""
@@ -120,7 +121,7 @@ def main() -> None:
         metrics="metrics/compare.json",
         results="results/compare",
     )
-    probe, settings, transform = params["probe"], params["compare"], params["transform"]
+    probe, settings = params["probe"], params["compare"]
     inputs = open_probe(args.features, args.index, Path(probe["root"]), probe["filters"], "probe.filters")
     words = pd.read_parquet(args.explanations).set_index("filter")
     missing = np.setdiff1d(inputs.filters, words.index.to_numpy())
@@ -134,7 +135,8 @@ def main() -> None:
     write_parquet(args.results / "filters.parquet", table)
     with atomic_path(args.results / "filters.csv") as tmp:
         table.to_csv(tmp, index=False)
-    geometry = (int(transform["resize"]), int(transform["crop"]))
+    preprocessing = stage_preprocessing(params, params["backbone"]["weights"])
+    geometry = (preprocessing.resize, preprocessing.crop, preprocessing.interpolation)
     with atomic_dir(args.results / "sheets") as staging:
         stats = (thresholds, image_max, qualified)
         write_sheets(staging, inputs, metrics["top_filters"], stats, settings, geometry, params["images"]["max_pixels"])

@@ -25,7 +25,7 @@ import torch
 
 from lavise.data.embeddings import WordEmbeddings
 from lavise.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_image
-from lavise.data.transforms import preprocess
+from lavise.data.transforms import Preprocessing, preprocess, resolve_preprocessing
 from lavise.data.vocabulary import Categories, Vocabulary, load_categories, load_vocabulary
 from lavise.devices import resolve_device
 from lavise.explain.explaining import CnnInputs, ExplainingConsumer, MethodOutputs
@@ -45,7 +45,7 @@ from lavise.models.checkpoints import resolve_weights
 from lavise.models.explainer import load_explainer
 from lavise.models.extractor import build_feature_extractor
 from lavise.outputs import check_one_set
-from stages.backbone_params import validate_backbone
+from stages.backbone_params import stage_preprocessing, validate_backbone
 from stages.cli import run_stage, start_stage
 
 log = logging.getLogger("stages.evaluate")
@@ -185,7 +185,7 @@ def select_pairs(inputs: Inputs, settings: Mapping[str, Any]) -> Selection:
 
 def cnn_inputs(
     backbone: Mapping[str, Any],
-    geometry: tuple[int, int],
+    preprocessing: Preprocessing,
     image_path: Callable[[int], Path],
     cnn_filters: np.ndarray,
     device: torch.device,
@@ -203,13 +203,13 @@ def cnn_inputs(
         num_classes=backbone.get("num_classes"),
         what="backbone.weights",
     ).to(device)
-    resize, crop = geometry
+    p = preprocessing
 
     def load_image(row: int) -> torch.Tensor:
         image = read_image(image_path(row), max_pixels=max_pixels, root=root)
         if isinstance(image, UnreadableImage):  # it had maps: the file changed after `features` ran
             raise ValueError(f"{image}; the image changed since the features stage read it: run features again")
-        return preprocess(image, resize, crop)
+        return preprocess(image, p.resize, p.crop, p.interpolation, p.mean, p.std)
 
     return CnnInputs(extractor, cnn_filters, load_image)
 
@@ -219,7 +219,7 @@ def explain_and_find_truth(
     selection: Selection,
     settings: Mapping[str, Any],
     cnn: CnnInputs | None,
-    geometry: tuple[int, int],
+    geometry: tuple[int, int, str],
     device: torch.device,
 ) -> tuple[dict[str, MethodOutputs], GroundTruthConsumer]:
     """The one pass over the maps: explainer outputs of every method, ground truth, NetDissect's sums."""
@@ -323,7 +323,7 @@ def write_outputs(
     selection: Selection,
     results: tuple[dict[str, Any], ResultRows, NetDissectResult],
     settings: Mapping[str, Any],
-    geometry: tuple[int, int],
+    geometry: tuple[int, int, str],
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> None:
     """explanations.{parquet,csv}, filters.parquet, one heatmap per requested filter, then the metrics.
@@ -350,7 +350,7 @@ def write_sheets(
     selection: Selection,
     rows: ResultRows,
     settings: Mapping[str, Any],
-    geometry: tuple[int, int],
+    geometry: tuple[int, int, str],
     max_pixels: int,
 ) -> None:
     """One heatmap sheet per requested (and evaluated) filter into ``out_dir``; images are read with
@@ -378,19 +378,22 @@ def image_file(paths: Paths, inputs: Inputs, row: int) -> Path:
 def run_evaluate(
     paths: Paths,
     backbone: Mapping[str, Any],
-    transform: Mapping[str, Any],
+    transform: Preprocessing | Mapping[str, Any],
     settings: Mapping[str, Any],
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """The stage with the `evaluate` params section ``settings``; ``backbone["weights"]`` must be
-    resolved already (it is only used to re-run the CNN). Returns the metrics."""
+    resolved already (it is only used to re-run the CNN); ``transform``: the features stage's
+    preprocessing (masks, heatmaps and image masking follow it), or `transform` values on the
+    default preset. Returns the metrics."""
     device = resolve_device(settings["device"], "evaluate.device")
-    geometry = (int(transform["resize"]), int(transform["crop"]))
+    preprocessing = transform if isinstance(transform, Preprocessing) else resolve_preprocessing(None, transform)
+    geometry = (preprocessing.resize, preprocessing.crop, preprocessing.interpolation)
     inputs = load_inputs(paths, settings, device)
     selection = select_pairs(inputs, settings)
     cnn = cnn_inputs(
         backbone,
-        geometry,
+        preprocessing,
         lambda row: image_file(paths, inputs, row),
         inputs.cnn_filters,
         device,
@@ -431,7 +434,8 @@ def main() -> None:
         results=args.results,
     )
     max_pixels = params["images"]["max_pixels"]
-    run_evaluate(paths, {**backbone, "weights": weights}, params["transform"], params["evaluate"], max_pixels)
+    preprocessing = stage_preprocessing(params, backbone["weights"])
+    run_evaluate(paths, {**backbone, "weights": weights}, preprocessing, params["evaluate"], max_pixels)
 
 
 if __name__ == "__main__":

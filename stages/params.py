@@ -81,6 +81,20 @@ def text(nullable: bool = False) -> Validator:
     return check
 
 
+def triple(low: float, nullable: bool = False) -> Validator:
+    """Three numbers, each above ``low`` (a per-channel mean or std), or null."""
+
+    def check(key: str, value: Any) -> None:
+        if value is None and nullable:
+            return
+        numbers = isinstance(value, list) and len(value) == 3
+        numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > low for v in value)
+        if not numbers:
+            fail(key, value, f"a list of 3 numbers > {low} (R, G, B)" + (" or null" if nullable else ""))
+
+    return check
+
+
 def all_or_indices(key: str, value: Any) -> None:
     if value == "all":
         return
@@ -141,8 +155,11 @@ SCHEMA: dict[str, Any] = {
         "max_pixels": integer(1),
     },
     "transform": {
-        "resize": integer(16),
-        "crop": integer(16),
+        "resize": integer(16, nullable=True),
+        "crop": integer(16, nullable=True),
+        "interpolation": one_of(*options.INTERPOLATIONS, None),
+        "mean": triple(-1.0, nullable=True),
+        "std": triple(0.0, nullable=True),
     },
     "target": {
         "init": text(),
@@ -250,7 +267,8 @@ def validate_params(params: Mapping[str, Any], root: Path = Path(".")) -> None:
             download["glove_dim"],
             f"{options.DEMO_GLOVE_DIM} with download.source: demo (the offline GloVe is {options.DEMO_GLOVE_DIM}d)",
         )
-    if params["transform"]["crop"] > params["transform"]["resize"]:
+    resize, crop = params["transform"]["resize"], params["transform"]["crop"]
+    if resize is not None and crop is not None and crop > resize:
         fail(
             "transform.crop", params["transform"]["crop"], f"at most transform.resize ({params['transform']['resize']})"
         )

@@ -36,7 +36,7 @@ from lavise.probe.explain import (
     explanation_table,
 )
 from lavise.probe.inputs import ProbeInputs, open_probe
-from stages.backbone_params import validate_backbone
+from stages.backbone_params import stage_preprocessing, validate_backbone
 from stages.cli import run_stage, start_stage
 from stages.evaluate import cnn_inputs, load_checked_explainer
 
@@ -77,7 +77,7 @@ def write_probe_outputs(
     inputs: ProbeInputs,
     result: ProbeExplanations,
     section: Mapping[str, Any],
-    geometry: tuple[int, int],
+    geometry: tuple[int, int, str],
     max_pixels: int,
 ) -> None:
     """The tables, the heatmap sheets (one directory, replaced whole), then the metrics, last."""
@@ -126,9 +126,10 @@ def main() -> None:
         metrics="metrics/probe.json",
         results="results/probe",
     )
-    section, transform = params["probe"], params["transform"]
+    section = params["probe"]
     device = resolve_device(section["device"], "probe.device")
-    geometry = (int(transform["resize"]), int(transform["crop"]))
+    preprocessing = stage_preprocessing(params, params["backbone"]["weights"])
+    geometry = (preprocessing.resize, preprocessing.crop, preprocessing.interpolation)
     inputs = open_probe(args.features, args.index, Path(section["root"]), section["filters"], "probe.filters")
     vocabulary = load_vocabulary(WordEmbeddings.load(args.glove), section["vocabulary"], [])
     explainer = load_checked_explainer(
@@ -141,7 +142,7 @@ def main() -> None:
     paths = inputs.rows["path"].to_numpy()
     cnn = cnn_inputs(
         backbone,
-        geometry,
+        preprocessing,
         lambda row: inputs.root / str(paths[row]),
         masking_filters(inputs, section),
         device,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lavise.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from lavise.data.transforms import DEFAULT_PREPROCESSING, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from lavise.devices import resolve_device
 from lavise.distributed import current_world
 from lavise.io import atomic_dir, json_float, write_json
@@ -26,7 +26,7 @@ from lavise.models.classifier import build_classifier
 from lavise.outputs import check_one_set
 from lavise.training.target import LOSS_DESCRIPTION, OPTIMIZER_DESCRIPTION, TrainingResult, train_target_model
 from lavise.training.target_data import MultiLabelData, load_multilabel_data
-from stages.backbone_params import validate_backbone
+from stages.backbone_params import stage_preprocessing, validate_backbone
 from stages.cli import run_stage, start_stage
 from stages.launch import torchrun_launcher
 
@@ -63,11 +63,25 @@ def load_data(annotations_dir: Path, image_root: Path, max_pixels: int) -> Multi
     return data
 
 
+def target_preprocessing(params: Mapping[str, Any]) -> Preprocessing:
+    """The `features` preprocessing of the trained checkpoint (no preset: the `transform` values on
+    the default), refused unless its interpolation and normalisation are the ones the training
+    recipe uses (lavise/training/target.py: bilinear, ImageNet statistics)."""
+    preprocessing = stage_preprocessing(params, "target")
+    fixed = ("interpolation", "mean", "std")
+    if any(getattr(preprocessing, key) != getattr(DEFAULT_PREPROCESSING, key) for key in fixed):
+        raise ValueError(
+            "backbone.weights is 'target', which trains with bilinear resizing and ImageNet statistics: leave "
+            "transform.interpolation, transform.mean and transform.std null (or set them to those values)"
+        )
+    return preprocessing
+
+
 def train(
     data: MultiLabelData,
     architecture: str,
     target: Mapping[str, Any],
-    transform: Mapping[str, Any],
+    transform: Preprocessing,
     device: torch.device,
 ) -> TrainingResult:
     """Build the classifier from `target.init` and train it with the `target` settings."""
@@ -82,8 +96,8 @@ def train(
         weight_decay=target["weight_decay"],
         crop=target["crop"],
         seed=target["seed"],
-        eval_resize=transform["resize"],
-        eval_crop=transform["crop"],
+        eval_resize=transform.resize,
+        eval_crop=transform.crop,
         num_workers=target["num_workers"],
         device=device,
     )
@@ -139,9 +153,10 @@ def run_target(
             f"target.batch_size {target['batch_size']} is the global batch: it must divide among "
             f"target.nproc = {target['nproc']} processes"
         )
+    preprocessing = target_preprocessing(params)
     device = resolve_device(target["device"], "target.device")
     data = load_data(Path(annotations_dir), Path(raw_dir) / params["dataset"], params["images"]["max_pixels"])
-    result = train(data, backbone["name"], target, params["transform"], device)
+    result = train(data, backbone["name"], target, preprocessing, device)
     if not is_main:
         return {**target_metrics(result, target["epochs"]), "written": False}
     Path(metrics_path).unlink(missing_ok=True)  # written last: without it the set is unfinished

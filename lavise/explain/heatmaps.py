@@ -101,7 +101,9 @@ def write_sheet(path: Path, tiles: Sequence[HeatmapTile], header: Sequence[str])
 ImageReader = Callable[[Path], "torch.Tensor | UnreadableImage"]
 
 
-def tile_image(path: Path, caption: str, resize: int, crop: int, read: ImageReader = read_image) -> torch.Tensor:
+def tile_image(
+    path: Path, caption: str, resize: int, crop: int, read: ImageReader = read_image, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """The uint8 crop ``[3, crop, crop]`` of one top image; grey, with a warning, if it is unreadable.
 
     The warning carries ``read_image``'s status and message, so one bad file does not lose the sheet;
@@ -111,7 +113,7 @@ def tile_image(path: Path, caption: str, resize: int, crop: int, read: ImageRead
     if isinstance(image, UnreadableImage):
         log.warning("heatmap %s: %s, drawn grey", caption, image)
         return torch.full((3, crop, crop), 128, dtype=torch.uint8)
-    return transform_geometry(image, resize, crop)
+    return transform_geometry(image, resize, crop, interpolation)
 
 
 def _tiles(
@@ -122,6 +124,7 @@ def _tiles(
     resize: int,
     crop: int,
     read: ImageReader,
+    interpolation: str = "bilinear",
 ) -> list[HeatmapTile]:
     """Tiles of one filter's top images: maps ``[k, h, w]`` upsampled, scaled by their joint maximum.
 
@@ -131,7 +134,7 @@ def _tiles(
     scale = max(float(upsampled.max()), 1e-12)
     tiles = []
     for k, (path, caption) in enumerate(zip(image_paths, captions)):
-        image = tile_image(path, caption, resize, crop, read)
+        image = tile_image(path, caption, resize, crop, read, interpolation)
         tiles.append(
             HeatmapTile(
                 image=image.permute(1, 2, 0).numpy(),
@@ -153,15 +156,17 @@ def write_heatmaps(
     image_ids: np.ndarray,
     image_path: Callable[[int], Path],
     words: dict[int, dict[str, list[str]]],
-    geometry: tuple[int, int],
+    geometry: tuple[int, int] | tuple[int, int, str],
     read: ImageReader = read_image,
 ) -> None:
     """One PNG per requested (and evaluated) filter: its top images with the overlay and its words.
 
     ``top_rows`` ``[F, p]`` (``-1`` padded) and ``maps`` ``[N, d, h, w]``; ``image_path(row)`` is the
     file of map row ``row``; ``words[filter][method]`` the explanation words (header lines in that
-    order); ``geometry`` is ``(resize, crop)``. Stale sheets of other filters are removed.
+    order); ``geometry`` is ``(resize, crop)`` or ``(resize, crop, interpolation)``, the images'
+    preprocessing. Stale sheets of other filters are removed.
     """
+    resize, crop, interpolation = (*geometry, "bilinear")[:3]
     position = {int(f): i for i, f in enumerate(filters)}
     skipped = [f for f in heatmap_filters if int(f) not in position]
     if skipped:
@@ -182,8 +187,10 @@ def write_heatmaps(
             thresholds[pos],
             [image_path(int(row)) for row in rows],
             [f"image {image_ids[row]}" for row in rows],
-            *geometry,
+            resize,
+            crop,
             read,
+            interpolation,
         )
         write_sheet(out_dir / f"filter_{filter_index:04d}.png", tiles, header)
 
@@ -207,14 +214,14 @@ def write_group_sheet(
     threshold: float,
     image_path: Callable[[int], Path],
     caption: Callable[[int], str],
-    geometry: tuple[int, int],
+    geometry: tuple[int, int, str],
     read: ImageReader = read_image,
     columns: int = 5,
 ) -> None:
     """One PNG of a filter's example images by group: ``header`` lines, then per section (title, map
     rows) a titled grid, ``caption(row)`` under each image; ``filter_maps(rows)`` gives the filter's
-    maps ``[k, h, w]``. The heat of all sections shares one scale, so the groups' overlays compare;
-    an empty section shows its title only."""
+    maps ``[k, h, w]``; ``geometry`` is (resize, crop, interpolation). The heat of all sections
+    shares one scale, so the groups' overlays compare; an empty section shows its title only."""
     rows = np.array([row for _, section_rows in sections for row in section_rows], dtype=np.int64)
     tiles = (
         _tiles(
@@ -222,8 +229,10 @@ def write_group_sheet(
             threshold,
             [image_path(int(r)) for r in rows],
             [caption(int(r)) for r in rows],
-            *geometry,
+            geometry[0],
+            geometry[1],
             read,
+            geometry[2],
         )
         if len(rows)
         else []

@@ -61,7 +61,15 @@ from lavise.data.images import (
     read_image_bytes,
 )
 from lavise.data.masks import image_object_masks
-from lavise.data.transforms import mask_to_grid, masks_to_crop, resized_size, to_model_input, transform_geometry
+from lavise.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    mask_to_grid,
+    masks_to_crop,
+    resized_size,
+    to_model_input,
+    transform_geometry,
+)
 from lavise.devices import AUTOCAST_DTYPES
 from lavise.distributed import World, barrier, init_process_group, rank_device, rank_share
 from lavise.features.cache import (
@@ -121,6 +129,7 @@ class ImageObjectsDataset(Dataset):
         grid: tuple[int, int],
         decode: str = "workers",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        interpolation: str = "bilinear",
     ) -> None:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
@@ -137,6 +146,7 @@ class ImageObjectsDataset(Dataset):
         self.resize = resize
         self.crop = crop
         self.grid = grid
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -191,14 +201,14 @@ class ImageObjectsDataset(Dataset):
         start, end = int(self.object_offsets[position]), int(self.object_offsets[position + 1])
         object_rows = self.objects.slice(start, end - start).to_pandas()
         masks = torch.from_numpy(image_object_masks(object_rows, height, width))
-        grids = mask_to_grid(masks_to_crop(masks, self.resize, self.crop), self.grid)
+        grids = mask_to_grid(masks_to_crop(masks, self.resize, self.crop, self.interpolation), self.grid)
         return {
             "position": position,
             "status": OK,
             "error": None,
             "digest": digest,
             "label": str(path),
-            "image": None if image is None else transform_geometry(image, self.resize, self.crop),
+            "image": None if image is None else transform_geometry(image, self.resize, self.crop, self.interpolation),
             "encoded": encoded,
             "grids": grids,
         }
@@ -236,7 +246,12 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def batch_images_on_device(
-    batch: dict[str, Any], device: torch.device, resize: int, crop: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    batch: dict[str, Any],
+    device: torch.device,
+    resize: int,
+    crop: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    interpolation: str = "bilinear",
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """The batch's uint8 crops ``[n_ok, 3, crop, crop]`` on ``device``, decoding any JPEG bytes there.
 
@@ -258,7 +273,7 @@ def batch_images_on_device(
             index = batch["positions"].index(batch["ok_positions"][row])
             statuses[index], errors[index] = result.status, result.error
         else:
-            images[row] = transform_geometry(result, resize, crop)
+            images[row] = transform_geometry(result, resize, crop, interpolation)
     if keep.all():
         return batch, images
     kept = keep.nonzero().flatten().tolist()
@@ -280,20 +295,24 @@ def forward_batches(
     crop: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     precision: str = "fp32",
+    normalization: tuple[tuple[float, ...], tuple[float, ...], str] = (IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]]:
     """Yield (batch, pooled object vectors [B, K, d], maps [B, d, h', w']) as float16 numpy;
-    the model runs under autocast at ``precision`` (a key of AUTOCAST_DTYPES; fp32: none)."""
+    the model runs under autocast at ``precision`` (a key of AUTOCAST_DTYPES; fp32: none).
+
+    ``normalization``: (mean, std, interpolation) of the model's preprocessing."""
+    mean, std, interpolation = normalization
     autocast_dtype = AUTOCAST_DTYPES[precision]
     use_autocast = autocast_dtype is not None
     for batch in loader:
         if not batch["ok_positions"]:
             yield batch, None, None
             continue
-        batch, images = batch_images_on_device(batch, device, resize, crop, max_pixels)
+        batch, images = batch_images_on_device(batch, device, resize, crop, max_pixels, interpolation)
         if not batch["ok_positions"]:
             yield batch, None, None
             continue
-        images = to_model_input(images, device)
+        images = to_model_input(images, device, mean, std)
         with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
             maps = extractor(images)
         maps = maps.float()
@@ -372,6 +391,21 @@ class ExtractionSettings:
     decode: str
     max_pixels: int = DEFAULT_MAX_PIXELS
     precision: str = "fp32"
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    preset: str = "default"
+
+    def transform_record(self) -> dict[str, Any]:
+        """The preprocessing, as meta.json and the fingerprint record it."""
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "preset": self.preset,
+        }
 
 
 def _fingerprint(annotations_dir: Path, settings: ExtractionSettings) -> dict[str, Any]:
@@ -386,7 +420,7 @@ def _fingerprint(annotations_dir: Path, settings: ExtractionSettings) -> dict[st
             "num_classes": settings.num_classes,
         },
         "weights_sha256": file_digest(weights_file, "sha256") if weights_file.is_file() else None,
-        "transform": {"resize": settings.resize, "crop": settings.crop},
+        "transform": settings.transform_record(),
         "batch_size": settings.batch_size,
         "chunk_images": settings.chunk_images,
         "device": settings.device.type,
@@ -644,8 +678,16 @@ def _compute_chunks(
     splits = inputs.images.column("split").to_pylist()
     buffers: dict[int, _ChunkBuffer] = {}
     computed, sent_to_device_decoder = 0, 0
+    normalization = (settings.mean, settings.std, settings.interpolation)
     batches = forward_batches(
-        loader, extractor, settings.device, settings.resize, settings.crop, settings.max_pixels, settings.precision
+        loader,
+        extractor,
+        settings.device,
+        settings.resize,
+        settings.crop,
+        settings.max_pixels,
+        settings.precision,
+        normalization,
     )
     with tqdm(total=total, desc=description, unit="img") as progress:
         for batch, pooled, maps in batches:
@@ -691,7 +733,7 @@ def _meta(
         "channels": map_shape[0],
         "height": map_shape[1],
         "width": map_shape[2],
-        "transform": {"resize": settings.resize, "crop": settings.crop},
+        "transform": settings.transform_record(),
         "decode": settings.decode,
         "max_pixels": settings.max_pixels,
         "precision": settings.precision,
@@ -732,7 +774,12 @@ def _log_summary(meta: dict[str, Any], settings: ExtractionSettings, computed: i
 def _load_extractor(settings: ExtractionSettings, weights_what: str) -> tuple[nn.Module, tuple[int, int, int]]:
     """The truncated model on the device (channels_last) and its maps' shape (d, h', w')."""
     extractor = build_feature_extractor(
-        settings.model, settings.weights, settings.layer, num_classes=settings.num_classes, what=weights_what
+        settings.model,
+        settings.weights,
+        settings.layer,
+        num_classes=settings.num_classes,
+        what=weights_what,
+        crop=settings.crop,
     )
     extractor = extractor.to(settings.device, memory_format=torch.channels_last)
     return extractor, layer_output_shape(extractor, settings.crop)
@@ -808,6 +855,7 @@ def _prepare_pass(
         map_shape[1:],
         decode=settings.decode,
         max_pixels=settings.max_pixels,
+        interpolation=settings.interpolation,
     )
     n_chunks = max(1, -(-inputs.images.num_rows // settings.chunk_images))
 
@@ -857,6 +905,7 @@ def build_feature_cache(
         return {"rank": world.rank, "seconds": time.perf_counter() - started, "images_computed": computed}
     (out_dir / META_FILE).unlink(missing_ok=True)  # the marker goes first: a killed assembly leaves no cache
     meta = _meta(settings, map_shape, inputs, assemble_chunks(chunk_dirs, out_dir), out_dir)
+    meta["layer_output"] = extractor.layout  # how the layer's output became maps (tokens dropped)
     finish_cache(out_dir, meta)
     seconds = time.perf_counter() - started
     _log_summary(meta, settings, computed, sent, seconds)

@@ -31,12 +31,15 @@ log = logging.getLogger(__name__)
 ImageMasks = Callable[[int], tuple[torch.Tensor, np.ndarray]]  # map row -> (bool [n, S, S], category ids [n])
 
 
-def crop_masks(objects: pd.DataFrame, height: int, width: int, resize: int, crop: int) -> torch.Tensor:
-    """Crop-resolution binary masks ``[n, crop, crop]`` (soft >= 0.5) of one image's objects."""
+def crop_masks(
+    objects: pd.DataFrame, height: int, width: int, resize: int, crop: int, interpolation: str = "bilinear"
+) -> torch.Tensor:
+    """Crop-resolution binary masks ``[n, crop, crop]`` (soft >= 0.5) of one image's objects, through
+    the images' geometry (``interpolation`` included)."""
     if len(objects) == 0:
         return torch.zeros((0, crop, crop), dtype=torch.bool)
     full = torch.from_numpy(image_object_masks(objects, height, width))
-    return masks_to_crop(full, resize, crop) >= 0.5
+    return masks_to_crop(full, resize, crop, interpolation) >= 0.5
 
 
 class ObjectMasks:
@@ -55,6 +58,7 @@ class ObjectMasks:
         category_index: dict[str, int],
         resize: int,
         crop: int,
+        interpolation: str = "bilinear",
     ) -> None:
         objects = objects.copy()
         objects["category_id"] = objects["category"].map(category_index)
@@ -70,14 +74,14 @@ class ObjectMasks:
         objects["category_id"] = objects["category_id"].astype(np.int64)
         self.objects, self.images, self.image_ids = objects, images, image_ids
         self.groups = objects.groupby("image_id").indices
-        self.resize, self.crop = resize, crop
+        self.resize, self.crop, self.interpolation = resize, crop, interpolation
 
     def __call__(self, row: int) -> tuple[torch.Tensor, np.ndarray]:
         image_id = int(self.image_ids[row])
         rows = self.groups.get(image_id, np.zeros(0, dtype=np.int64))
         info = self.images.loc[image_id]
         subset = self.objects.iloc[rows]
-        masks = crop_masks(subset, int(info["height"]), int(info["width"]), self.resize, self.crop)
+        masks = crop_masks(subset, int(info["height"]), int(info["width"]), self.resize, self.crop, self.interpolation)
         return masks, subset["category_id"].to_numpy(np.int64)
 
 

@@ -1,9 +1,9 @@
-"""Any torchvision classification model by name, with the weights asked for.
+"""Any torchvision classification model, or any timm model (``timm/<name>``), with the weights asked for.
 
-Which model names, layer names and weights names are valid is answered here (the registry is
-torchvision's), so a mistyped name fails at once with the valid choices, before an hour of
-decoding is spent. Which module is the classifier head and how a model is initialised
-from a seed are answered here once, for the backbone and for the `target` stage's CNN.
+Which model names, layer names and weights names are valid is answered here (the registries are
+torchvision's and timm's, :mod:`lavise.models.timm_models`), so a mistyped name fails at once
+with the valid choices, before an hour of decoding is spent. Which module is the classifier head
+and how a model is initialised from a seed are answered here once, for the backbone and for the `target` stage's CNN.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
+from lavise.models import timm_models
 from lavise.models.checkpoints import (
     CHECKPOINT_SUFFIXES,
     FILLED_IN,
@@ -45,10 +46,29 @@ def classification_models() -> list[str]:
     return sorted(list_models(module=torchvision.models))
 
 
+def check_model_name(name: str) -> None:
+    """ValueError listing the valid names unless ``name`` is a torchvision classifier or a timm model."""
+    if timm_models.is_timm(name):
+        timm_models.timm_model_name(name)
+        return
+    models = classification_models()
+    if name not in models:
+        raise ValueError(
+            f"unknown model {name!r}; valid: {choices(models)}, or {timm_models.PREFIX}<name> for a timm model"
+        )
+
+
+def create_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """Model ``name`` (torchvision or ``timm/``) with random weights from the global RNG."""
+    if timm_models.is_timm(name):
+        return timm_models.create(name, num_classes)
+    return get_model(name, weights=None, **({} if num_classes is None else {"num_classes": num_classes}))
+
+
 def skeleton(name: str) -> nn.Module:
     """Model ``name`` built on the meta device: its module tree without weights, memory or download."""
     with torch.device("meta"):
-        return get_model(name, weights=None)
+        return create_model(name)
 
 
 def layer_names(name: str) -> list[str]:
@@ -57,7 +77,9 @@ def layer_names(name: str) -> list[str]:
 
 
 def weight_names(name: str) -> list[str]:
-    """torchvision weights names of model ``name`` (``DEFAULT`` included)."""
+    """Weights names of model ``name``: torchvision's (``DEFAULT`` included), or timm's ``pretrained``."""
+    if timm_models.is_timm(name):
+        return [timm_models.PRETRAINED]
     return list(get_model_weights(name).__members__)
 
 
@@ -77,10 +99,9 @@ def seeded_model(name: str, seed: int, num_classes: int | None = None) -> nn.Mod
     The randomised-model control and the target CNN's initial weights are then the same on
     every run, whatever ran before.
     """
-    class_kwargs = {} if num_classes is None else {"num_classes": num_classes}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_model(name, weights=None, **class_kwargs)
+        return create_model(name, num_classes)
 
 
 def resolve_weights_enum(name: str, weights: str) -> torchvision.models.WeightsEnum:
@@ -183,7 +204,7 @@ def _from_checkpoint(name: str, path: str, num_classes: int | None, what: str) -
     head = classifier_head_name(skeleton(name)) if classes is None else None
     if head is not None and f"{head}.weight" in state:
         classes = infer_num_classes(state, head, name)
-    model = get_model(name, weights=None, **({} if classes is None else {"num_classes": classes}))
+    model = create_model(name, classes)
     check_state_fits(model, state, name, path, what)
     model.load_state_dict(state, strict=True)
     log.info("loaded %s from %s (%s classes)", name, path, classes or "default")
@@ -195,17 +216,25 @@ def build_model(
 ) -> nn.Module:
     """The full classification model with the requested weights, in eval mode.
 
-    ``weights``: a torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``), ``none`` (random
+    ``weights``: a torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``) or, for a timm
+    model, ``pretrained``; ``none`` (random
     initialisation from ``seed``, the randomised-model control) or a path to a state_dict.
     ``what`` names the setting in errors (the stage passes its params key, ``backbone.weights``).
     """
-    models = classification_models()
-    if name not in models:
-        raise ValueError(f"unknown model {name!r}; valid: {choices(models)}")
+    check_model_name(name)
     if weights.lower() == "none":
         model = seeded_model(name, seed, num_classes)
     elif looks_like_checkpoint(weights):
         model = _from_checkpoint(name, weights, num_classes, what)
+    elif timm_models.is_timm(name):
+        if weights != timm_models.PRETRAINED:
+            raise ValueError(
+                f"unknown weights {weights!r} for {name}; valid: {timm_models.PRETRAINED}, none, or a path to a "
+                f"{'/'.join(CHECKPOINT_SUFFIXES)} state_dict"
+            )
+        with timm_models.download_hint(name, what):
+            model = timm_models.create(name, num_classes, pretrained=True)
+        log.info("loaded %s with timm's pretrained weights", name)
     else:
         weights_enum = resolve_weights_enum(name, weights)
         class_kwargs = {} if num_classes is None else {"num_classes": num_classes}

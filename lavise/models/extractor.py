@@ -2,15 +2,18 @@
 
 LaViSE explains the filters (channels) of one layer, so every consumer sees that layer's output
 as convolutional maps: channels on axis 1, the spatial grid on axes 2 and 3. The one place a
-layer output is turned into that layout is :func:`as_maps`; a layer whose output is laid out
-otherwise (a vision transformer's tokens ``[N, 1 + h*w, C]``, a channels-last grid
-``[N, h, w, C]``) is converted there, and nowhere else.
+layer output is turned into that layout is :func:`as_maps`, which applies the layout adapter of
+:mod:`lavise.models.token_grid`: a vision transformer's tokens ``[N, k + h*w, C]`` (its ``k``
+class/distillation/register tokens dropped) and a channels-last grid ``[N, h, w, C]`` (Swin)
+are converted there, and nowhere else.
 
 Two ways to get the maps, sharing the layer check and the layout:
 
 - :class:`FeatureExtractor` truncates the model at the layer with torchvision's FX feature
   extraction: the forward pass stops there and the modules after it (VGG's 100M-parameter
   classifier, for one) are not kept. This is what the features stage runs, for speed and memory.
+  A timm model (whose code FX does not always trace) is truncated by a hook on the layer that
+  ends the forward pass there (:class:`HookTruncated`): the same maps, the later modules kept.
 - :class:`LayerProbe` keeps the whole model and hooks the layer: one forward pass gives the logits
   and the maps, can keep the maps' gradient (saliency such as Grad-CAM) and can zero a set of
   channels at the layer for everything downstream (ablation).
@@ -29,21 +32,48 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from lavise.models import timm_models
 from lavise.models.backbones import build_model, choices
+from lavise.models.token_grid import check_grid_layer, extra_tokens, from_maps, layout_of, to_maps
 
 
-def as_maps(output: torch.Tensor, layer: str) -> torch.Tensor:
+def as_maps(output: torch.Tensor, layer: str, extra: int = 0) -> torch.Tensor:
     """A layer's output in the contract's layout ``[N, C, H, W]``.
 
-    A 4-D output is a convolutional map and passes through unchanged (the same tensor). Other
-    layouts would be converted here; until one is supported they are rejected, naming the layer.
+    A channels-first 4-D output passes through unchanged (the same tensor); channels-last grids
+    and token sequences (``extra``: the model's tokens before the patches, dropped) are converted
+    by :func:`lavise.models.token_grid.to_maps`; anything else is a ValueError naming the layer.
     """
-    if output.ndim == 4:
-        return output
-    raise ValueError(
-        f"layer {layer!r} outputs shape {tuple(output.shape)}, not convolutional maps [N, C, H, W]; "
-        "only 4-D layer outputs are supported"
-    )
+    return to_maps(output, layer, extra)
+
+
+class _Reached(Exception):
+    """Raised by :class:`HookTruncated`'s hook to end the forward pass at the layer."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__("layer reached")
+        self.output = output
+
+
+class HookTruncated(nn.Module):
+    """``model`` run only up to ``layer``: ``{"maps": the layer's first output}``, as FX's body gives."""
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        model.get_submodule(layer).register_forward_hook(self._stop)
+
+    @staticmethod
+    def _stop(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        raise _Reached(output)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        try:
+            self.model(images)
+        except _Reached as reached:
+            return {"maps": reached.output}
+        raise RuntimeError(f"layer {self.layer!r} was not called in the forward pass")
 
 
 def check_layer(model: nn.Module, layer: str, name: str) -> None:
@@ -56,30 +86,49 @@ def check_layer(model: nn.Module, layer: str, name: str) -> None:
 class FeatureExtractor(nn.Module):
     """Normalised images ``[B, 3, H, W]`` -> the layer's maps ``[B, d, h', w']`` (truncated model)."""
 
-    def __init__(self, body: nn.Module, name: str, weights: str, layer: str) -> None:
+    def __init__(self, body: nn.Module, name: str, weights: str, layer: str, extra: int = 0) -> None:
         super().__init__()
         self.body = body
         self.model_name = name
         self.weights = weights
         self.layer = layer
+        self.extra_tokens = extra
+        self.layout: dict[str, Any] | None = None  # the layer output's layout, once a batch has run
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return as_maps(self.body(images)["maps"], self.layer)
+        output = self.body(images)["maps"]
+        self.layout = layout_of(tuple(output.shape), self.extra_tokens)
+        return as_maps(output, self.layer, self.extra_tokens)
 
 
 def build_feature_extractor(
-    name: str, weights: str, layer: str, *, num_classes: int | None = None, seed: int = 0, what: str = "weights"
+    name: str,
+    weights: str,
+    layer: str,
+    *,
+    num_classes: int | None = None,
+    seed: int = 0,
+    what: str = "weights",
+    crop: int | None = None,
 ) -> FeatureExtractor:
     """Frozen extractor mapping normalised images to the maps of ``layer`` of model ``name``.
 
     ``weights``: as :func:`lavise.models.backbones.build_model` takes it; ``layer``: a module
     name as in ``model.named_modules()``. ``seed`` only matters for ``none``. ``what`` names
-    ``weights`` in errors (the stages pass ``backbone.weights``).
+    ``weights`` in errors (the stages pass ``backbone.weights``). With ``crop``, one dummy pass
+    of the whole model first checks that the layer's output is a grid at that input size (a
+    ValueError naming its shape and the layers that are, otherwise).
     """
     model = build_model(name, weights, num_classes=num_classes, seed=seed, what=what)
     check_layer(model, layer, name)
-    body = create_feature_extractor(model, return_nodes={layer: "maps"})
-    extractor = FeatureExtractor(body, name, weights, layer).eval()
+    if crop is not None:
+        check_grid_layer(model, layer, crop, name)
+    extra = extra_tokens(model)
+    if timm_models.is_timm(name):
+        body: nn.Module = HookTruncated(model, layer)
+    else:
+        body = create_feature_extractor(model, return_nodes={layer: "maps"})
+    extractor = FeatureExtractor(body, name, weights, layer, extra).eval()
     extractor.requires_grad_(False)
     return extractor
 
@@ -115,6 +164,7 @@ class LayerProbe(nn.Module):
         check_layer(model, layer, type(model).__name__)
         self.model = model
         self.layer = layer
+        self.extra_tokens = extra_tokens(model)
         self.retain_grad = retain_grad
         self.ablate = list(ablate)
         self._maps: torch.Tensor | None = None
@@ -123,12 +173,12 @@ class LayerProbe(nn.Module):
     def _hook(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
         """Keep the first call's maps; hand a copy (ablated if asked) on to the rest of the model.
 
-        The copy is in the maps' layout, which is the layer's own while :func:`as_maps` only
-        passes 4-D outputs through.
+        The copy goes back into the layer's own layout (tokens, channels-last) for the modules
+        after it; the extra tokens a ViT's maps drop pass on unchanged.
         """
         if self._maps is not None:  # a later call of a module called twice: left alone
             return None
-        maps = as_maps(output, self.layer)
+        maps = as_maps(output, self.layer, self.extra_tokens)
         if self.ablate:
             channels = torch.tensor(self.ablate, dtype=torch.long, device=maps.device)
             maps = maps.index_fill(1, channels, 0.0)
@@ -138,7 +188,7 @@ class LayerProbe(nn.Module):
             else:
                 maps = maps.detach().requires_grad_(True)
         self._maps = maps
-        return maps.clone()
+        return from_maps(maps.clone(), output, self.extra_tokens)
 
     def forward(self, images: torch.Tensor) -> ProbeOutput:
         self._maps = None

@@ -63,7 +63,7 @@ def test_unknown_layer_lists_module_names() -> None:
 def test_layout_passes_4d_maps_through_and_rejects_others_naming_the_layer() -> None:
     maps = torch.randn(2, 3, 4, 5)
     assert as_maps(maps, "layer4") is maps
-    with pytest.raises(ValueError, match=r"layer 'fc' outputs shape \(2, 10\), not convolutional maps \[N, C, H, W\]"):
+    with pytest.raises(ValueError, match=r"layer 'fc' outputs shape \(2, 10\): not a spatial grid \[N, C, h, w\]"):
         as_maps(torch.zeros(2, 10), "fc")
     with pytest.raises(ValueError, match=r"layer 'encoder' outputs shape \(2, 50, 768\)"):
         as_maps(torch.zeros(2, 50, 768), "encoder")

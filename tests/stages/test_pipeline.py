@@ -130,6 +130,7 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
         (("features", "nproc"), 2, {"features", "probe_features"}),
         (("features", "precision"), "bf16", {"features", "probe_features"}),
         (("target", "nproc"), 2, {"target"}),
+        (("transform", "interpolation"), "bicubic", {"target", "features", "evaluate"}),
     ],
 )
 def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:
@@ -145,7 +146,7 @@ def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("lavise/models/backbones.py", {"target", "features", "evaluate", "probe_features", "probe"}),
+        ("lavise/models/backbones.py", {"target", "features", "evaluate", "probe_features", "probe", "compare"}),
         ("lavise/data/download.py", {"download"}),
         ("lavise/models/explainer.py", {"train", "evaluate", "probe"}),
         ("lavise/metrics/two_proportion.py", {"compare"}),
