@@ -16,3 +16,5 @@ DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when present
 DECODE_MODES = ("workers", "device")  # features: CPU decode in the workers | JPEGs batched on the device
 OPTIMIZERS = ("dadapt_adam", "adam")  # the explainer's optimiser
 WORD_WEIGHTINGS = ("activation", "count")  # votes per top image in a filter's explanation
+LASSO_SCALINGS = ("raw", "standardised")  # relevance: X as the layer gives it (the paper) | each filter standardised
+RELEVANCE_LABELS = ("auto", "categories", "predictions")  # relevance: auto = categories for a `target` CNN, else top-1
