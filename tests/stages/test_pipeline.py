@@ -117,7 +117,8 @@ def test_demo_relevance_tables(demo_repo: Path) -> None:
             assert 0.0 <= row["selected_map"] <= 1.0 and row["random_sd"] >= 0.0
     classes = (demo_repo / "results" / "relevance" / "classes.csv").read_text().splitlines()
     assert classes[0].startswith("mu,class,n_train_positive,n_selected,rank,filter,weight,netdissect_label,words_")
-    assert len(list((demo_repo / "results" / "relevance" / "sheets").glob("class_*.png"))) == relevance["scored_classes"]
+    sheets = list((demo_repo / "results" / "relevance" / "sheets").glob("class_*.png"))
+    assert len(sheets) == relevance["scored_classes"]
     assert {p.name for p in (demo_repo / "plots" / "relevance").iterdir()} == {
         "ablation_trained.png",
         "ablation_random.png",
