@@ -19,3 +19,5 @@ WORD_WEIGHTINGS = ("activation", "count")  # votes per top image in a filter's e
 PROBE_GROUPINGS = ("subfolders", "column", "none")  # probe: groups from first-level subfolders | a CSV column | none
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # features: the CNN's autocast; auto = fp32 on CPU, bf16 on CUDA
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # resize interpolation of images and masks alike
+LASSO_SCALINGS = ("raw", "standardised")  # relevance: X as the layer gives it (the paper) | each filter standardised
+RELEVANCE_LABELS = ("auto", "categories", "predictions")  # relevance: auto = categories for a `target` CNN, else top-1

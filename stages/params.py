@@ -129,6 +129,15 @@ def top_s_list(key: str, value: Any) -> None:
         fail(key, value, "a strictly increasing list of integers >= 1")
 
 
+def positive_increasing(key: str, value: Any) -> None:
+    """A non-empty, strictly increasing list of numbers > 0 (relevance.mu)."""
+    numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not (numbers and value and all(v > 0 for v in value)):
+        fail(key, value, "a non-empty list of numbers > 0")
+    if any(b <= a for a, b in zip(value, value[1:])):
+        fail(key, value, "a strictly increasing list of numbers > 0")
+
+
 SCHEMA: dict[str, Any] = {
     "dataset": one_of(*options.DATASETS),
     "download": {
@@ -233,6 +242,20 @@ SCHEMA: dict[str, Any] = {
     },
     "report": {
         "table_rows": integer(1),
+    },
+    "relevance": {
+        "mu": positive_increasing,
+        "scaling": one_of(*options.LASSO_SCALINGS),
+        "labels": one_of(*options.RELEVANCE_LABELS),
+        "repeats": integer(1),
+        "seed": integer(0),
+        "random_control": one_of(True, False),
+        "top_filters": integer(1),
+        "sheet_filters": integer(1),
+        "sheet_images": integer(1),
+        "batch_size": integer(1),
+        "num_workers": integer(0, 64),
+        "device": one_of(*options.DEVICES),
     },
 }
 

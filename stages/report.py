@@ -51,7 +51,7 @@ STAGE_SECTIONS = (
         "Class relevance",
         "metrics/relevance.json",
         "results/relevance/classes.parquet",
-        "results/relevance",
+        "results/relevance/sheets",
     ),
 )
 CORE_METRICS = ("annotations", "target", "train", "recall", "summary")

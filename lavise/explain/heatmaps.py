@@ -248,5 +248,39 @@ def write_group_sheet(
     for panel in panels:
         sheet.paste(panel, (0, offset))
         offset += panel.height
+
+
+@dataclass(frozen=True)
+class FilterRow:
+    """One row of a multi-filter sheet: a filter's maps ``[k, h, w]`` on its top images, its ``T_u``,
+    the images' files and captions."""
+
+    maps: np.ndarray
+    threshold: float
+    image_paths: Sequence[Path]
+    captions: Sequence[str]
+
+
+def write_filter_rows_sheet(
+    path: Path, header: Sequence[str], rows: Sequence[FilterRow], geometry: tuple[int, int, str], read: ImageReader
+) -> None:
+    """One PNG with a row of top images per filter (e.g. a class's most relevant filters), drawn as
+    the per-filter heatmaps are (each row scaled by its own maximum); a row shorter than the widest
+    is padded with white tiles; ``geometry`` is (resize, crop, interpolation)."""
+    if not rows:
+        raise ValueError("a filter sheet needs at least one filter")
+    resize, crop, interpolation = geometry
+    blocks = [
+        _tiles(row.maps, row.threshold, row.image_paths, row.captions, resize, crop, read, interpolation)
+        for row in rows
+    ]
+    columns = max(len(block) for block in blocks)
+    tiles: list[HeatmapTile] = []
+    for block in blocks:
+        blank = HeatmapTile(
+            np.full_like(block[0].image, 255), np.zeros_like(block[0].heat), np.ones_like(block[0].region), ""
+        )
+        tiles.extend(block + [blank] * (columns - len(block)))
+    sheet = render_sheet(tiles, header, columns=columns)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")

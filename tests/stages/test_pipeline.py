@@ -29,6 +29,8 @@ FAST_OVERRIDES = {
     ("evaluate", "heatmap_filters"): [0],
     ("probe", "image_masking_filters"): [0],
     ("probe", "heatmap_filters"): [0],
+    ("relevance", "mu"): [0.4, 1.6],
+    ("relevance", "repeats"): 2,
 }
 READS_ALL_PARAMS = {"report"}  # the report shows the whole params.yaml, so every edit re-renders it
 
@@ -108,12 +110,33 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
     assert stale_stages(demo_repo) == set()
 
 
+def test_demo_relevance_tables(demo_repo: Path) -> None:
+    """The relevance stage's study table for both networks, its class table, sheets and plots."""
+    relevance = json.loads((demo_repo / "metrics" / "relevance.json").read_text())
+    assert relevance["labels"] == "categories" and relevance["d"] == 512
+    for network in ("trained", "random"):
+        table = relevance[network]["table"]
+        assert [row["mu"] for row in table] == FAST_OVERRIDES[("relevance", "mu")]
+        assert len({row["original_map"] for row in table}) == 1
+        assert table[0]["dropped"] <= table[1]["dropped"]
+        for row in table:
+            assert 0.0 <= row["selected_map"] <= 1.0 and row["random_sd"] >= 0.0
+    classes = (demo_repo / "results" / "relevance" / "classes.csv").read_text().splitlines()
+    assert classes[0].startswith("mu,class,n_train_positive,n_selected,rank,filter,weight,netdissect_label,words_")
+    sheets = list((demo_repo / "results" / "relevance" / "sheets").glob("class_*.png"))
+    assert len(sheets) == relevance["scored_classes"]
+    assert {p.name for p in (demo_repo / "plots" / "relevance").iterdir()} == {
+        "ablation_trained.png",
+        "ablation_random.png",
+    }
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
         (("evaluate", "p"), 10, {"evaluate"}),
         (("train", "margin"), 0.5, {"train"}),
-        (("backbone", "layer"), "layer3", {"features", "evaluate", "probe_features", "probe"}),
+        (("backbone", "layer"), "layer3", {"features", "evaluate", "probe_features", "probe", "relevance"}),
         (("annotations", "seed"), 7, {"annotations"}),
         (("annotations", "min_images"), 30, {"annotations"}),
         (("features", "batch_size"), 8, {"features", "probe_features"}),
@@ -131,6 +154,7 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
         (("features", "precision"), "bf16", {"features", "probe_features"}),
         (("target", "nproc"), 2, {"target"}),
         (("transform", "interpolation"), "bicubic", {"target", "features", "evaluate"}),
+        (("relevance", "repeats"), 3, {"relevance"}),
     ],
 )
 def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple, value: object, expected: set) -> None:
@@ -146,7 +170,11 @@ def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("lavise/models/backbones.py", {"target", "features", "evaluate", "probe_features", "probe", "compare"}),
+        (
+            "lavise/models/backbones.py",
+            {"target", "features", "evaluate", "probe_features", "probe", "compare", "relevance"},
+        ),
+        ("lavise/relevance/lasso.py", {"relevance"}),
         ("lavise/data/download.py", {"download"}),
         ("lavise/models/explainer.py", {"train", "evaluate", "probe"}),
         ("lavise/metrics/two_proportion.py", {"compare"}),
