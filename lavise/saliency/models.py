@@ -58,10 +58,13 @@ class Models:
     categories: list[str] | None
 
 
-def load_models(name: str, weights: str, layer: str, seed: int, device: torch.device, what: str) -> Models:
-    """Both models on ``device`` in eval mode; ``what`` names the weights setting in errors."""
+def load_models(
+    name: str, weights: str, layer: str, seed: int, device: torch.device, what: str, num_classes: int | None = None
+) -> Models:
+    """Both models on ``device`` in eval mode; ``what`` names the weights setting in errors,
+    ``num_classes`` is a checkpoint's (None = inferred from its head)."""
     categories = model_categories(weights)
-    trained = build_model(name, weights, what=what)
+    trained = build_model(name, weights, num_classes=num_classes, what=what)
     head = classifier_head_name(trained)
     classes = None if head is None else int(trained.get_submodule(head).weight.shape[0])
     if categories is not None and classes != len(categories):

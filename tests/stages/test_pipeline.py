@@ -27,6 +27,10 @@ FAST_OVERRIDES = {
     ("evaluate", "filters"): list(range(0, 512, 8)),
     ("evaluate", "image_masking_filters"): [0, 8],
     ("evaluate", "heatmap_filters"): [0],
+    ("saliency", "images"): 2,
+    ("saliency", "methods"): ["gradcam", "lime"],
+    ("saliency", "lime_samples"): 20,
+    ("saliency", "sheets"): 1,
 }
 
 
@@ -102,12 +106,22 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
     assert stale_stages(demo_repo) == set()
 
 
+def test_demo_run_writes_saliency(demo_repo: Path) -> None:
+    saliency = json.loads((demo_repo / "metrics" / "saliency.json").read_text())
+    assert set(saliency["methods"]) == set(FAST_OVERRIDES[("saliency", "methods")])
+    assert 0.0 <= saliency["methods"]["gradcam"]["pointing_game"]["mean"] <= 1.0
+    assert saliency["agreement"]["gradcam"]["lime"] == saliency["agreement"]["lime"]["gradcam"]
+    assert (demo_repo / "results" / "saliency" / "maps.parquet").is_file()
+    assert len(list((demo_repo / "results" / "saliency" / "sheets").glob("image_*.png"))) == 1
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
         (("evaluate", "p"), 10, {"evaluate"}),
         (("train", "margin"), 0.5, {"train"}),
-        (("backbone", "layer"), "layer3", {"features", "evaluate"}),
+        (("backbone", "layer"), "layer3", {"features", "evaluate", "saliency"}),
+        (("saliency", "top_q"), 0.2, {"saliency"}),
         (("annotations", "seed"), 7, {"annotations"}),
         (("annotations", "min_images"), 30, {"annotations"}),
         (("features", "batch_size"), 8, {"features"}),
@@ -131,7 +145,8 @@ def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("lavise/models/backbones.py", {"target", "features", "evaluate"}),
+        ("lavise/models/backbones.py", {"target", "features", "evaluate", "saliency"}),
+        ("lavise/saliency/methods.py", {"saliency"}),
         ("lavise/data/download.py", {"download"}),
         ("lavise/models/explainer.py", {"train", "evaluate"}),
     ],
