@@ -1,8 +1,8 @@
 """Faithfulness of a saliency map to the model: pytorch-grad-cam's ROAD (Rong et al. 2022).
 
-``ROADCombined``: for each percentile p, the pixels above the map's p-th percentile are replaced
-by a noisy linear interpolation of their neighbours (most relevant first, MoRF) or those below
-it (least relevant first, LeRF), and the class logit is read again; the score is
+``ROADCombined``: for each percentile p, the (100 - p)% most relevant pixels (MoRF: those at or
+above the map's p-th percentile) or the (100 - p)% least relevant (LeRF) are replaced by a noisy
+linear interpolation of their neighbours and the class logit is read again; the score is
 ``(mean LeRF change - mean MoRF change) / 2`` over the percentiles. Higher = removing what the
 map calls salient hurts the class more than removing the rest: the map explains the model.
 The imputation's noise draws from torch's global generator, so it is seeded here and the
