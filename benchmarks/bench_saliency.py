@@ -2,7 +2,7 @@
 images, so no dataset or download is needed), one class per image as the demo averages ~1.5.
 
 Prints, per method, images/s and seconds/image with the settings given (the demo's by default:
-Score-CAM on the top 32 channels, Ablation-CAM ratio 0.03, LIME 100 samples; ``--published``
+Score-CAM and Ablation-CAM on the top 32 channels, LIME 100 samples; ``--published``
 uses every channel and LIME's 1000 samples, the study's setting), plus ROAD's seconds per map.
 
     python -m benchmarks.bench_saliency [--images 4] [--classes 1] [--device cpu] [--published]
@@ -31,8 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = MethodSettings(
         batch_size=32,
-        scorecam_channels=None if args.published else 32,
-        ablation_ratio=1.0 if args.published else 0.03,
+        cam_channels=None if args.published else 32,
         lime_samples=1000 if args.published else 100,
         lime_features=100000,
         lime_hide_color=None,

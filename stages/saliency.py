@@ -107,8 +107,7 @@ def settings_of(section: Mapping[str, Any]) -> tuple[MethodSettings, ScoreSettin
     """The `saliency` section as the library's settings."""
     methods = MethodSettings(
         batch_size=int(section["batch_size"]),
-        scorecam_channels=section["scorecam_channels"],
-        ablation_ratio=float(section["ablation_ratio"]),
+        cam_channels=section["cam_channels"],
         lime_samples=int(section["lime_samples"]),
         lime_features=int(section["lime_features"]),
         lime_hide_color=section["lime_hide_color"],

@@ -7,10 +7,11 @@ Every entry turns one image and ``K`` classes into maps ``[K, H, W]`` at the cro
   ``GradCAMPlusPlus``, ``ScoreCAM`` and ``AblationCAM`` on the CAM layer, each class's logit as
   the target (``ClassifierOutputTarget``); the library upsamples to the input and scales each
   map to [0, 1]. The K classes go through as one batch of K copies of the image.
-* ``scorecam`` runs one forward pass per layer channel and class (batched by ``batch_size``);
-  ``scorecam_channels`` keeps only that many channels of highest mean activation (the library's
-  ``reshape_transform`` hook selects them), null = all channels, as published.
-* ``ablationcam``: ``ablation_ratio`` is the library's ``ratio_channels_to_ablate`` (1.0 = all).
+* ``scorecam`` and ``ablationcam`` run one forward pass per layer channel and class (batched by
+  ``batch_size``); ``cam_channels`` keeps only that many channels of highest mean activation on
+  the image (Score-CAM: the library's ``reshape_transform`` hook selects them; Ablation-CAM: its
+  ``ablation_layer`` hook ablates only them, the others keep weight 0); null = every channel, as
+  published.
 * ``lime``: ``LimeImageExplainer.explain_instance`` with its default quickshift segmentation,
   on the crop in [0, 1], explaining the class probabilities (sigmoid of the logits for the
   multi-label target CNN, softmax for an ImageNet-style one); a pixel's value is its
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from lime.lime_image import LimeImageExplainer
 from pytorch_grad_cam import AblationCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
+from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -40,8 +42,7 @@ class MethodSettings:
     """What the methods take from params: forward batch, channel budgets, LIME's settings, seed."""
 
     batch_size: int
-    scorecam_channels: int | None
-    ablation_ratio: float
+    cam_channels: int | None
     lime_samples: int
     lime_features: int
     lime_hide_color: float | None
@@ -91,6 +92,23 @@ def top_channels(k: int | None) -> Callable[[torch.Tensor], torch.Tensor] | None
     return select
 
 
+class TopChannelAblation(AblationLayer):
+    """The library's ablation layer, ablating the ``k`` channels of highest mean activation
+    (all with ``k`` None) instead of its SVD-ranked share."""
+
+    def __init__(self, k: int | None) -> None:
+        super().__init__()
+        self.k = k
+
+    def activations_to_be_ablated(self, activations: np.ndarray, ratio_channels_to_ablate: float = 1.0) -> np.ndarray:
+        """Channel indices of one image's activations ``[C, h, w]`` to ablate."""
+        if self.k is None or self.k >= activations.shape[0]:
+            return super().activations_to_be_ablated(activations, 1.0)
+        means = activations.reshape(activations.shape[0], -1).mean(axis=1)  # [C]
+        self.indices = np.int32(np.argsort(-means, kind="stable")[: self.k])
+        return self.indices
+
+
 def _make_cam(name: str, explainee: Explainee, settings: MethodSettings) -> BaseCAM:
     layers = [explainee.layer]
     if name == "gradcam":
@@ -98,11 +116,14 @@ def _make_cam(name: str, explainee: Explainee, settings: MethodSettings) -> Base
     if name == "gradcam++":
         return GradCAMPlusPlus(explainee.model, layers)
     if name == "scorecam":
-        cam = ScoreCAM(explainee.model, layers, reshape_transform=top_channels(settings.scorecam_channels))
+        cam = ScoreCAM(explainee.model, layers, reshape_transform=top_channels(settings.cam_channels))
         cam.batch_size = settings.batch_size  # read by ScoreCAM.get_cam_weights
         return cam
     return AblationCAM(
-        explainee.model, layers, batch_size=settings.batch_size, ratio_channels_to_ablate=settings.ablation_ratio
+        explainee.model,
+        layers,
+        ablation_layer=TopChannelAblation(settings.cam_channels),
+        batch_size=settings.batch_size,
     )
 
 

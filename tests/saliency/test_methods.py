@@ -41,3 +41,12 @@ def test_top_channels_keeps_the_highest_mean_channels() -> None:
     assert kept[0, :, 0, 0].tolist() == [3.0, 1.0]
     assert top_channels(None) is None
     assert top_channels(8)(activations) is activations
+
+
+def test_top_channel_ablation_picks_the_highest_mean_channels() -> None:
+    from lavise.saliency.methods import TopChannelAblation
+
+    activations = np.zeros((4, 2, 2), dtype=np.float32)
+    activations[1], activations[3] = 2.0, 1.0
+    assert TopChannelAblation(2).activations_to_be_ablated(activations).tolist() == [1, 3]
+    assert TopChannelAblation(None).activations_to_be_ablated(activations).tolist() == [0, 1, 2, 3]

@@ -12,8 +12,7 @@ from lavise.saliency.models import Models
 SIZE = 224  # LIME's quickshift (max_dist 200 px) needs an image this large to make superpixels
 SETTINGS = MethodSettings(
     batch_size=8,
-    scorecam_channels=None,
-    ablation_ratio=1.0,
+    cam_channels=None,
     lime_samples=40,
     lime_features=100000,
     lime_hide_color=None,
