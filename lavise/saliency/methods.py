@@ -5,7 +5,8 @@ Every entry turns one image and ``K`` classes into maps ``[K, H, W]`` at the cro
 
 * ``gradcam``, ``gradcam++``, ``scorecam``, ``ablationcam``: pytorch-grad-cam's ``GradCAM``,
   ``GradCAMPlusPlus``, ``ScoreCAM`` and ``AblationCAM`` on the CAM layer, each class's logit as
-  the target (``ClassifierOutputTarget``); the library upsamples to the input and scales each
+  the target (``ClassifierOutputTarget``; Ablation-CAM: the class probability, see
+  :func:`cam_targets`); the library upsamples to the input and scales each
   map to [0, 1]. The K classes go through as one batch of K copies of the image.
 * ``scorecam`` and ``ablationcam`` run one forward pass per layer channel and class (batched by
   ``batch_size``); ``cam_channels`` keeps only that many channels of highest mean activation on
@@ -127,6 +128,26 @@ def _make_cam(name: str, explainee: Explainee, settings: MethodSettings) -> Base
     )
 
 
+class ProbabilityTarget:
+    """A class's probability as the CAM target (``ClassifierOutputTarget`` takes the logit)."""
+
+    def __init__(self, category: int, probabilities: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.category, self.probabilities = category, probabilities
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if output.ndim == 1:  # one sample's logits [C]
+            return self.probabilities(output[None])[0, self.category]
+        return self.probabilities(output)[:, self.category]  # [B, C] -> [B]
+
+
+def cam_targets(name: str, explainee: Explainee, classes: list[int]) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The logit of each class; for Ablation-CAM its probability, because the library divides each
+    channel's score drop by the original score, and a negative logit would flip every weight's sign."""
+    if name == "ablationcam":
+        return [ProbabilityTarget(c, explainee.probabilities) for c in classes]
+    return [ClassifierOutputTarget(c) for c in classes]
+
+
 def cam_explain(name: str) -> Explain:
     """The adapter of pytorch-grad-cam method ``name``: K copies of the image, one target per class."""
 
@@ -135,7 +156,7 @@ def cam_explain(name: str) -> Explain:
     ) -> np.ndarray:
         batch = image[None].expand(len(classes), -1, -1, -1).contiguous().to(explainee.device)  # [K, 3, H, W]
         with _make_cam(name, explainee, settings) as cam:
-            maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in classes])
+            maps = cam(input_tensor=batch, targets=cam_targets(name, explainee, classes))
         return np.asarray(maps, dtype=np.float32)  # [K, H, W]
 
     return explain
