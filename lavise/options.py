@@ -21,3 +21,4 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # features: the CNN's autocast; a
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # resize interpolation of images and masks alike
 LASSO_SCALINGS = ("raw", "standardised")  # relevance: X as the layer gives it (the paper) | each filter standardised
 RELEVANCE_LABELS = ("auto", "categories", "predictions")  # relevance: auto = categories for a `target` CNN, else top-1
+SALIENCY_METHODS = ("gradcam", "gradcam++", "scorecam", "ablationcam", "lime")  # per-image saliency (stage saliency)

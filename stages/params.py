@@ -138,6 +138,22 @@ def positive_increasing(key: str, value: Any) -> None:
         fail(key, value, "a strictly increasing list of numbers > 0")
 
 
+def all_or_count(key: str, value: Any) -> None:
+    if value != "all" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        fail(key, value, "`all` or an integer >= 1")
+
+
+def optional_fraction(key: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+        fail(key, value, "null or a number in [0, 1]")
+
+
+def percentile_list(key: str, value: Any) -> None:
+    ok = isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok or sorted(set(value)) != value or value[0] < 1 or value[-1] > 99:
+        fail(key, value, "a non-empty, strictly increasing list of integer percentiles in [1, 99]")
+
+
 SCHEMA: dict[str, Any] = {
     "dataset": one_of(*options.DATASETS),
     "download": {
@@ -255,6 +271,25 @@ SCHEMA: dict[str, Any] = {
         "sheet_images": integer(1),
         "batch_size": integer(1),
         "num_workers": integer(0, 64),
+        "device": one_of(*options.DEVICES),
+    },
+    "saliency": {
+        "images": all_or_count,
+        "methods": subset_of(*options.SALIENCY_METHODS),
+        "layer": text(nullable=True),
+        "batch_size": integer(1),
+        "cam_channels": integer(1, nullable=True),
+        "lime_samples": integer(1),
+        "lime_features": integer(1),
+        "lime_hide_color": optional_fraction,
+        "top_q": number(0.0, 1.0, open_low=True),
+        "pointing_tolerance": integer(0),
+        "gaussian_sigma": number(0.0, 10.0, open_low=True),
+        "road_percentiles": percentile_list,
+        "sheets": integer(0),
+        "bootstrap_resamples": integer(1),
+        "confidence": number(0.0, 1.0, open_low=True, open_high=True),
+        "seed": integer(0),
         "device": one_of(*options.DEVICES),
     },
 }

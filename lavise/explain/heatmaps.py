@@ -25,17 +25,21 @@ log = logging.getLogger(__name__)
 # Piecewise-linear "jet" control points: value -> RGB (blue, cyan, yellow, red).
 _JET_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
 _JET_COLOURS = np.array([[0, 0, 160], [0, 200, 255], [255, 230, 0], [200, 0, 0]], dtype=np.float64)
+OUTLINE_COLOUR = (255, 0, 0)  # a ground-truth mask's outline
 _TEXT_LINE = 12  # pixel height of one line of PIL's default bitmap font, plus spacing
 
 
 @dataclass(frozen=True)
 class HeatmapTile:
-    """One top image: RGB uint8 ``[H, W, 3]``, its heat in [0, 1] ``[H, W]``, region ``R``, caption."""
+    """One top image: RGB uint8 ``[H, W, 3]``, its heat in [0, 1] ``[H, W]``, region ``R``, caption;
+    optionally a boolean ``outline`` ``[H, W]`` drawn red on top and the heat's blend ``alpha``."""
 
     image: np.ndarray
     heat: np.ndarray
     region: np.ndarray
     caption: str
+    outline: np.ndarray | None = None
+    alpha: float = 0.5
 
 
 def colour_map(values: np.ndarray) -> np.ndarray:
@@ -86,14 +90,17 @@ def render_sheet(tiles: Sequence[HeatmapTile], header: Sequence[str], columns: i
     for index, tile in enumerate(tiles):
         x = (index % columns) * tile_w
         y = top + (index // columns) * (tile_h + _TEXT_LINE)
-        sheet.paste(Image.fromarray(overlay(tile.image, tile.heat, tile.region)), (x, y))
+        pixels = overlay(tile.image, tile.heat, tile.region, tile.alpha)
+        if tile.outline is not None:
+            pixels[tile.outline] = OUTLINE_COLOUR
+        sheet.paste(Image.fromarray(pixels), (x, y))
         draw.text((x + 2, y + tile_h), tile.caption[: max(4, tile_w // 6)], fill="black", font=font)
     return sheet
 
 
-def write_sheet(path: Path, tiles: Sequence[HeatmapTile], header: Sequence[str]) -> None:
+def write_sheet(path: Path, tiles: Sequence[HeatmapTile], header: Sequence[str], columns: int = 5) -> None:
     """Render and write one PNG atomically."""
-    sheet = render_sheet(tiles, header)
+    sheet = render_sheet(tiles, header, columns)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
 
@@ -248,6 +255,8 @@ def write_group_sheet(
     for panel in panels:
         sheet.paste(panel, (0, offset))
         offset += panel.height
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
 
 
 @dataclass(frozen=True)
@@ -284,3 +293,10 @@ def write_filter_rows_sheet(
     sheet = render_sheet(tiles, header, columns=columns)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of boolean ``mask`` ``[H, W]``: inside it with a 4-neighbour outside (or at the border)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner

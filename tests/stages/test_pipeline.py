@@ -31,6 +31,10 @@ FAST_OVERRIDES = {
     ("probe", "heatmap_filters"): [0],
     ("relevance", "mu"): [0.4, 1.6],
     ("relevance", "repeats"): 2,
+    ("saliency", "images"): 2,
+    ("saliency", "methods"): ["gradcam", "lime"],
+    ("saliency", "lime_samples"): 20,
+    ("saliency", "sheets"): 1,
 }
 READS_ALL_PARAMS = {"report"}  # the report shows the whole params.yaml, so every edit re-renders it
 
@@ -131,12 +135,22 @@ def test_demo_relevance_tables(demo_repo: Path) -> None:
     }
 
 
+def test_demo_run_writes_saliency(demo_repo: Path) -> None:
+    saliency = json.loads((demo_repo / "metrics" / "saliency.json").read_text())
+    assert set(saliency["methods"]) == set(FAST_OVERRIDES[("saliency", "methods")])
+    assert 0.0 <= saliency["methods"]["gradcam"]["pointing_game"]["mean"] <= 1.0
+    assert saliency["agreement"]["gradcam"]["lime"] == saliency["agreement"]["lime"]["gradcam"]
+    assert (demo_repo / "results" / "saliency" / "maps.parquet").is_file()
+    assert len(list((demo_repo / "results" / "saliency" / "sheets").glob("image_*.png"))) == 1
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
         (("evaluate", "p"), 10, {"evaluate"}),
         (("train", "margin"), 0.5, {"train"}),
-        (("backbone", "layer"), "layer3", {"features", "evaluate", "probe_features", "probe", "relevance"}),
+        (("backbone", "layer"), "layer3", {"features", "evaluate", "probe_features", "probe", "relevance", "saliency"}),
+        (("saliency", "top_q"), 0.2, {"saliency"}),
         (("annotations", "seed"), 7, {"annotations"}),
         (("annotations", "min_images"), 30, {"annotations"}),
         (("features", "batch_size"), 8, {"features", "probe_features"}),
@@ -172,9 +186,10 @@ def test_params_edit_invalidates_exactly_its_readers(demo_repo: Path, key: tuple
     [
         (
             "lavise/models/backbones.py",
-            {"target", "features", "evaluate", "probe_features", "probe", "compare", "relevance"},
+            {"target", "features", "evaluate", "probe_features", "probe", "compare", "relevance", "saliency"},
         ),
         ("lavise/relevance/lasso.py", {"relevance"}),
+        ("lavise/saliency/methods.py", {"saliency"}),
         ("lavise/data/download.py", {"download"}),
         ("lavise/models/explainer.py", {"train", "evaluate", "probe"}),
         ("lavise/metrics/two_proportion.py", {"compare"}),
