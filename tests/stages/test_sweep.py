@@ -3,9 +3,9 @@ run by `dvc queue start --jobs 2`, compared with `dvc exp show`, at the smallest
 
 Each queued experiment runs in its own temporary workspace and sees only the DVC cache, so the
 outputs that dvc.yaml keeps out of the cache are cached in this copy (see UNCACHED_OUTPUTS) and the
-params are cut to seconds per stage; the check is that every cell of the grid succeeds, is isolated (its params and metrics are
-its own) and is reproducible (the grid's cell with the workspace's params gives the workspace's
-metrics).
+params are cut to seconds per stage; the check is that every cell of the grid succeeds, is
+isolated (its params and metrics are its own) and is reproducible (the grid's cell with the
+workspace's params gives the workspace's metrics).
 """
 
 from __future__ import annotations
