@@ -16,3 +16,4 @@ DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when present
 DECODE_MODES = ("workers", "device")  # features: CPU decode in the workers | JPEGs batched on the device
 OPTIMIZERS = ("dadapt_adam", "adam")  # the explainer's optimiser
 WORD_WEIGHTINGS = ("activation", "count")  # votes per top image in a filter's explanation
+VOCABULARIES = ("glove", "glove_nouns")  # built-in word lists: all of GloVe | GloVe words that are WordNet nouns

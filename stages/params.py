@@ -182,6 +182,12 @@ SCHEMA: dict[str, Any] = {
         "iou_threshold": number(0.0, 1.0, open_high=True),
         "top_s": top_s_list,
         "vocabulary": text(),
+        "presence_top_k": integer(1),
+        "bootstrap": {
+            "resamples": integer(1),
+            "confidence": number(0.0, 1.0, open_low=True, open_high=True),
+            "seed": integer(0),
+        },
         "filters": all_or_indices,
         "image_masking_filters": all_or_indices,
         "word_weighting": one_of(*options.WORD_WEIGHTINGS),
@@ -228,8 +234,12 @@ def validate_params(params: Mapping[str, Any], root: Path = Path(".")) -> None:
         )
 
     vocabulary = params["evaluate"]["vocabulary"]
-    if vocabulary != "glove" and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
-        fail("evaluate.vocabulary", vocabulary, "glove | a path to an existing word-list file")
+    if vocabulary not in options.VOCABULARIES and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
+        fail(
+            "evaluate.vocabulary",
+            vocabulary,
+            " | ".join(options.VOCABULARIES) + " | a path to an existing word-list file",
+        )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
