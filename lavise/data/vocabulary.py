@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from lavise.data.embeddings import WordEmbeddings
-from lavise.data.wordnet import noun_lemmas
+from lavise.data.wordnet import load_wordnet
 from lavise.options import VOCABULARIES
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,13 @@ def _listed_words(embeddings: WordEmbeddings, path: str) -> tuple[np.ndarray, np
     except KeyError as error:
         raise ValueError(f"vocabulary file {path}: {error.args[0]}") from error
     return np.asarray(unique, dtype=object), np.asarray(embeddings.vectors[rows], dtype=np.float32)
+
+
+def noun_lemmas(wordnet_root: Path) -> frozenset[str]:
+    """The one-word noun lemmas of WordNet (lower case, as WordNet writes them): the entity words
+    the reference code restricts its explanations to. Multi-word lemmas (``traffic_light``) are
+    left out, since a GloVe token is one word."""
+    return frozenset(name for name in load_wordnet(wordnet_root).all_lemma_names(pos="n") if "_" not in name)
 
 
 def _glove_nouns(embeddings: WordEmbeddings, wordnet_root: Path | None) -> tuple[np.ndarray, np.ndarray]:

@@ -230,10 +230,3 @@ def load_wordnet(root: Path):  # -> nltk.corpus.reader.wordnet.WordNetCorpusRead
         # Only the English WordNet is used; the Open Multilingual Wordnet is deliberately absent.
         warnings.filterwarnings("ignore", message="The multilingual functions are not available")
         return WordNetCorpusReader(str(corpus), None)
-
-
-def noun_lemmas(root: Path) -> frozenset[str]:
-    """The one-word noun lemmas of WordNet under ``root`` (lower case, as WordNet writes them): the
-    entity words the reference code restricts its explanations to. Multi-word lemmas
-    (``traffic_light``) are left out, since a GloVe token is one word."""
-    return frozenset(name for name in load_wordnet(root).all_lemma_names(pos="n") if "_" not in name)
