@@ -337,7 +337,7 @@ def test_presence_scores_match_direct_computation(cache, evaluated) -> None:
 
 
 def test_summary_holds_the_headline_figures(cache, evaluated) -> None:
-    summary = json.loads((cache["root"] / "metrics" / "summary.json").read_text())
+    summary = json.loads((cache["root"] / "metrics" / "summary.json").read_text())["headline"]
     assert set(summary) == {*METHODS, "netdissect"}  # no target.json: no target mAP
     for method, figures in summary.items():
         assert figures == {

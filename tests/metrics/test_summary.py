@@ -20,6 +20,6 @@ def test_headline_picks_the_figures_that_matter() -> None:
     expected_a = {"recall@5": 0.5, "recall@5_low": 0.4, "recall@5_high": 0.6, "correlation": 0.2, "auprc": 0.3}
     expected_b = {"recall@5": None, "recall@5_low": None, "recall@5_high": None, "correlation": None, "auprc": None}
     trained = headline(metrics, 5, {"trained": True, "val_map": 0.9})
-    assert trained == {"a": expected_a, "b": expected_b, "target_val_map": 0.9}
-    assert "target_val_map" not in headline(metrics, 5, {"trained": False})
-    assert "target_val_map" not in headline(metrics, 5, None)
+    assert trained == {"headline": {"a": expected_a, "b": expected_b, "target_val_map": 0.9}}
+    assert "target_val_map" not in headline(metrics, 5, {"trained": False})["headline"]
+    assert "target_val_map" not in headline(metrics, 5, None)["headline"]
