@@ -7,13 +7,17 @@ reads `dvc exp show --json` and summarises each method's figures across them in 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 METRICS_FILE = "metrics/recall.json"
+UNFINISHED = ("queued", "running")  # executor states of experiments that have no results yet
 FIGURES = ("recall@5", "correlation", "auprc")  # the default columns of the table
 
 
@@ -29,20 +33,26 @@ class Experiment:
 def experiments_of(
     show: Sequence[Mapping[str, Any]], prefix: str = "", metrics_file: str = METRICS_FILE
 ) -> list[Experiment]:
-    """The experiments in `dvc exp show --json` output whose name starts with ``prefix``, in the
-    order shown; an experiment that failed or has no ``metrics_file`` is an error naming it (a
-    table silently missing a seed would understate the spread)."""
+    """The finished experiments in `dvc exp show --json` output whose name starts with ``prefix``,
+    in the order shown. A queued or running one is skipped with a warning; one that failed or has
+    no ``metrics_file`` is an error naming it (a table silently missing a seed would understate
+    the spread)."""
     found: list[Experiment] = []
     for baseline in show:
         for experiment in baseline.get("experiments") or []:
             name = str(experiment.get("name") or experiment["revs"][0]["rev"][:7])
             if not name.startswith(prefix):
                 continue
+            state = (experiment.get("executor") or {}).get("state")
+            if state in UNFINISHED:
+                log.warning("experiment %s is %s: left out", name, state)
+                continue
             rev = experiment["revs"][0]  # the experiment's latest revision
             data = rev.get("data") or {}
             metrics = (data.get("metrics") or {}).get(metrics_file, {}).get("data")
-            if rev.get("error") or metrics is None:
-                raise ValueError(f"experiment {name}: no {metrics_file} ({rev.get('error') or 'not written'})")
+            if state or rev.get("error") or metrics is None:
+                why = state or rev.get("error") or "not written"
+                raise ValueError(f"experiment {name}: no {metrics_file} ({why})")
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
             found.append(Experiment(name, params, metrics))
     if not found:

@@ -15,11 +15,12 @@ from lavise.report.spread import experiments_of, format_table, spread_rows
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _experiment(name: str, seed: int, metrics: dict | None, error: str | None = None) -> dict:
+def _experiment(name: str, seed: int, metrics: dict | None, error: str | None = None, state: str | None = None) -> dict:
     data = {"params": {"params.yaml": {"data": {"target": {"seed": seed}}}}, "metrics": {}}
     if metrics is not None:
         data["metrics"]["metrics/recall.json"] = {"data": metrics}
-    return {"name": name, "revs": [{"rev": "0" * 40, "name": name, "data": data, "error": error}]}
+    executor = None if state is None else {"state": state, "name": "tempdir", "local": None}
+    return {"name": name, "executor": executor, "revs": [{"rev": "0" * 40, "name": name, "data": data, "error": error}]}
 
 
 def _show(*experiments: dict) -> list:
@@ -32,6 +33,7 @@ def test_mean_and_sample_sd_per_method() -> None:
         _experiment("seed1", 1, {"a": {"recall@5": 0.5, "correlation": 0.1}, "b": {"recall@5": 0.2}}),
         _experiment("seed2", 2, {"a": {"recall@5": 0.7, "correlation": None}, "b": {"recall@5": 0.4}}),
         _experiment("other", 3, {"a": {"recall@5": 9.0}}),
+        _experiment("seed3", 3, {"a": {"recall@5": 9.0}}, state="running"),  # no results yet: left out
     )
     experiments = experiments_of(show, "seed")
     assert [e.name for e in experiments] == ["seed1", "seed2"] and experiments[1].params["target"]["seed"] == 2
@@ -51,6 +53,8 @@ def test_a_failed_or_missing_experiment_is_an_error() -> None:
         experiments_of(_show(_experiment("seed1", 1, {"a": {}}), _experiment("seed2", 2, None)), "seed")
     with pytest.raises(ValueError, match="experiment seed1: no metrics/recall.json \\(boom\\)"):
         experiments_of(_show(_experiment("seed1", 1, {"a": {}}, error="boom")))
+    with pytest.raises(ValueError, match="experiment seed1: no metrics/recall.json \\(failed\\)"):
+        experiments_of(_show(_experiment("seed1", 1, {"a": {}}, state="failed")))
     with pytest.raises(ValueError, match="no experiment named 'seed'"):
         experiments_of(_show(), "seed")
 
