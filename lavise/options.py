@@ -22,3 +22,4 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # resize interpolation of i
 LASSO_SCALINGS = ("raw", "standardised")  # relevance: X as the layer gives it (the paper) | each filter standardised
 RELEVANCE_LABELS = ("auto", "categories", "predictions")  # relevance: auto = categories for a `target` CNN, else top-1
 SALIENCY_METHODS = ("gradcam", "gradcam++", "scorecam", "ablationcam", "lime")  # per-image saliency (stage saliency)
+VOCABULARIES = ("glove", "glove_nouns")  # built-in word lists: all of GloVe | GloVe words that are WordNet nouns

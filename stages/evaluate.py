@@ -4,14 +4,16 @@ Steps: open the feature cache, choose the filters, read the annotations, the voc
 explainer; thresholds T_u and top images (lavise/features/thresholds.py); one pass over the maps
 (lavise/explain/stream.py) that explains every (filter, top image) pair with every registered
 method (lavise/explain/explaining.py) and computes each pair's ground truth and NetDissect's
-sums (lavise/metrics/ground_truth.py); the nearest words (lavise/explain/words.py); recall per
-method and NetDissect (lavise/metrics/); then the tables, the metrics and the heatmaps.
-Reads `dataset`, `backbone`, `transform` and `evaluate` from params.yaml.
+sums (lavise/metrics/ground_truth.py); the nearest words (lavise/explain/words.py); recall, the
+presence correlation and AUPRC, and their bootstrap intervals per method and NetDissect
+(lavise/metrics/); then the tables, the metrics, the headline summary and the heatmaps.
+Reads `dataset`, `backbone`, `transform`, `images` and `evaluate` from params.yaml.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,8 +41,18 @@ from lavise.features.cache import FeatureCache, open_feature_cache
 from lavise.features.thresholds import TopImagePairs, filter_thresholds, top_images
 from lavise.io import atomic_dir, write_json
 from lavise.metrics.ground_truth import GroundTruthConsumer, ObjectMasks
-from lavise.metrics.netdissect import NETDISSECT, NetDissectResult, netdissect_metrics
+from lavise.metrics.intervals import BootstrapSettings, Figure, figure_intervals
+from lavise.metrics.netdissect import NETDISSECT, NetDissectResult, fold_label_tokens, netdissect_metrics, other_fold
+from lavise.metrics.presence import (
+    PresenceScores,
+    image_tokens,
+    named_tokens,
+    presence,
+    presence_entry,
+    presence_scores,
+)
 from lavise.metrics.recall import TruthTokens, truth_tokens, word_recall_metrics
+from lavise.metrics.summary import headline
 from lavise.models.checkpoints import resolve_weights
 from lavise.models.explainer import load_explainer
 from lavise.models.extractor import build_feature_extractor
@@ -63,9 +75,12 @@ class Paths:
     annotations: Path
     explainer: Path
     glove: Path
+    wordnet: Path
     raw: Path
     metrics: Path
     results: Path
+    summary: Path
+    target_metrics: Path
 
 
 @dataclass(frozen=True)
@@ -106,7 +121,8 @@ class Selection:
 @dataclass(frozen=True)
 class Scoring:
     """What every method is scored with: ``weights`` (votes of each pair's image) and ``no_region``
-    (the pair's map never exceeds T_u) are ``[P]``; ``vectors`` the vocabulary on the device."""
+    (the pair's map never exceeds T_u) are ``[P]``; ``vectors`` the vocabulary on the device;
+    ``contains`` bool ``[N, T]`` the tokens of each evaluation image's objects."""
 
     inputs: Inputs
     selection: Selection
@@ -116,6 +132,9 @@ class Scoring:
     explain_words: int
     weights: np.ndarray
     no_region: np.ndarray
+    contains: np.ndarray
+    presence_top_k: int
+    bootstrap: BootstrapSettings
 
 
 def open_cache(directory: Path) -> FeatureCache:
@@ -167,7 +186,7 @@ def load_inputs(paths: Paths, settings: Mapping[str, Any], device: torch.device)
     filters, cnn_filters = choose_filters(settings, n_channels)
     annotations = load_annotations(paths.annotations, image_ids)
     embeddings = WordEmbeddings.load(paths.glove)
-    vocabulary = load_vocabulary(embeddings, settings["vocabulary"], annotations.categories.tokens)
+    vocabulary = load_vocabulary(embeddings, settings["vocabulary"], annotations.categories.tokens, paths.wordnet)
     explainer = load_checked_explainer(paths.explainer, device, n_channels, vocabulary.vectors.shape[1])
     return Inputs(cache, image_ids, annotations, vocabulary, explainer, filters, cnn_filters)
 
@@ -261,7 +280,7 @@ def score_method(outputs: MethodOutputs, scoring: Scoring, rows: ResultRows) -> 
     positions = np.flatnonzero(inputs.cnn_filters) if method.needs_cnn else np.arange(len(inputs.filters))
     pair_filter = pairs.filter_pos[outputs.pairs]
     tokens = inputs.vocabulary.token_of_word[ids]
-    entry, per_s = word_recall_metrics(
+    entry, figures = word_recall_metrics(
         tokens, scoring.truth[outputs.pairs], pair_filter, len(positions), scoring.s_values
     )
     if method.needs_cnn:
@@ -270,9 +289,30 @@ def score_method(outputs: MethodOutputs, scoring: Scoring, rows: ResultRows) -> 
         ids[:, : scoring.explain_words], scoring.weights[outputs.pairs], pairs, outputs.pairs, len(inputs.filters)
     )
     entry["n_distinct_concepts"] = len({words[0] for words, _ in explanations.values() if words})
-    rows.add_scores(method.name, positions, per_s, pair_filter)
+    named = named_tokens(
+        explanations, positions, inputs.vocabulary.token_of_word, scoring.presence_top_k, scoring.contains.shape[1]
+    )
+    scores = presence_scores(scoring.selection.image_max[:, positions], presence(scoring.contains, named))
+    add_presence(entry, scoring, {k: (v, pairs.row[outputs.pairs]) for k, v in figures.items()}, scores)
+    per_s = {s: figures[f"recall@{s}"] for s in scoring.s_values}
+    rows.add_scores(method.name, positions, per_s, pair_filter, presence_columns(scores))
     rows.add_explanations(method.name, positions, explanations)
     return entry
+
+
+def add_presence(
+    entry: dict[str, Any], scoring: Scoring, pair_figures: Mapping[str, Figure], scores: PresenceScores
+) -> None:
+    """The presence figures and the ``interval`` of every figure into a metrics ``entry``: recall
+    figures (values per pair, clustered by image) and the presence means (values per filter)."""
+    entry.update(presence_entry(scores))
+    figures = {**pair_figures, "correlation": (scores.correlation, None), "auprc": (scores.auprc, None)}
+    entry["interval"] = figure_intervals(figures, scoring.bootstrap)
+
+
+def presence_columns(scores: PresenceScores) -> dict[str, np.ndarray]:
+    """The per-filter presence scores as filters.parquet columns."""
+    return {"correlation": scores.correlation, "auprc": scores.auprc}
 
 
 def score(
@@ -295,6 +335,9 @@ def score(
         explain_words=min(int(s) for s in settings["top_s"]),
         weights=image_weights(max_activation, settings["word_weighting"]),
         no_region=max_activation <= selection.thresholds[pairs.filter_pos],
+        contains=image_tokens(inputs.annotations.objects, inputs.image_ids, categories.index, categories.incidence),
+        presence_top_k=int(settings["presence_top_k"]),
+        bootstrap=BootstrapSettings(**settings["bootstrap"]),
     )
     rows = ResultRows(inputs.filters, selection.thresholds, pairs.filter_pos, inputs.vocabulary.words)
     metrics = {name: score_method(out, scoring, rows) for name, out in outputs.items()}
@@ -307,8 +350,16 @@ def score(
         scoring.truth,
         scoring.s_values,
     )
+    label_presence = presence(
+        scoring.contains,
+        fold_label_tokens(ground_truth.folds, categories),
+        other_fold(np.arange(len(inputs.image_ids))),
+    )
+    scores = presence_scores(selection.image_max, label_presence)
+    add_presence(netdissect.entry, scoring, {k: (v, pairs.row) for k, v in netdissect.figures.items()}, scores)
     metrics[NETDISSECT] = netdissect.entry
-    rows.add_scores(NETDISSECT, np.arange(len(inputs.filters)), netdissect.per_s, pairs.filter_pos)
+    positions = np.arange(len(inputs.filters))
+    rows.add_scores(NETDISSECT, positions, netdissect.per_s, pairs.filter_pos, presence_columns(scores))
     return metrics, rows, netdissect
 
 
@@ -326,9 +377,10 @@ def write_outputs(
     geometry: tuple[int, int, str],
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> None:
-    """explanations.{parquet,csv}, filters.parquet, one heatmap per requested filter, then the metrics.
+    """explanations.{parquet,csv}, filters.parquet, one heatmap per requested filter, then the
+    metrics and their headline summary.
 
-    All or nothing: the old metrics go first, the heatmaps are replaced as one directory, and the
+    All or nothing: the old metrics (both files) go first, the heatmaps are replaced as one directory, and the
     metrics are written last, so an interrupted run leaves no metrics file beside a partial set
     (DVC then reports the stage as one to run again).
     """
@@ -337,10 +389,22 @@ def write_outputs(
     top_image_ids = [image_ids[top[top >= 0]].tolist() for top in selection.top_rows]
     labels = [names[label] if label >= 0 else None for label in netdissect.labels]
     paths.metrics.unlink(missing_ok=True)
+    paths.summary.unlink(missing_ok=True)
     write_tables(paths.results, rows, top_image_ids, labels, netdissect.label_iou, s_values(settings))
     with atomic_dir(paths.results / "heatmaps") as staging:
         write_sheets(staging, paths, inputs, selection, rows, settings, geometry, max_pixels)
     write_json(paths.metrics, metrics)
+    write_json(paths.summary, headline(metrics, min(int(s) for s in settings["top_s"]), read_target_metrics(paths)))
+
+
+def read_target_metrics(paths: Paths) -> dict[str, Any] | None:
+    """metrics/target.json (for the summary's target mAP), or None when the file is absent."""
+    if not paths.target_metrics.is_file():
+        return None
+    try:
+        return json.loads(paths.target_metrics.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{paths.target_metrics}: not JSON ({error})") from None
 
 
 def write_sheets(
@@ -417,10 +481,13 @@ def main() -> None:
         annotations="data/annotations",
         explainer="models/explainer",
         glove="data/raw/glove",
+        wordnet="data/raw/wordnet",
         raw="data/raw",
         target_model="models/target",
         metrics="metrics/recall.json",
         results="results",
+        summary="metrics/summary.json",
+        target_metrics="metrics/target.json",
     )
     backbone = params["backbone"]
     weights = resolve_weights(backbone["weights"], args.target_model, "backbone.weights")
@@ -429,9 +496,12 @@ def main() -> None:
         annotations=args.annotations,
         explainer=args.explainer,
         glove=args.glove,
+        wordnet=args.wordnet,
         raw=args.raw / params["dataset"],
         metrics=args.metrics,
         results=args.results,
+        summary=args.summary,
+        target_metrics=args.target_metrics,
     )
     max_pixels = params["images"]["max_pixels"]
     preprocessing = stage_preprocessing(params, backbone["weights"])

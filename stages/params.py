@@ -227,6 +227,12 @@ SCHEMA: dict[str, Any] = {
         "iou_threshold": number(0.0, 1.0, open_high=True),
         "top_s": top_s_list,
         "vocabulary": text(),
+        "presence_top_k": integer(1),
+        "bootstrap": {
+            "resamples": integer(1),
+            "confidence": number(0.0, 1.0, open_low=True, open_high=True),
+            "seed": integer(0),
+        },
         "filters": all_or_indices,
         "image_masking_filters": all_or_indices,
         "word_weighting": one_of(*options.WORD_WEIGHTINGS),
@@ -332,16 +338,21 @@ def validate_params(params: Mapping[str, Any], root: Path = Path(".")) -> None:
         )
 
     vocabulary = params["evaluate"]["vocabulary"]
-    if vocabulary != "glove" and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
-        fail("evaluate.vocabulary", vocabulary, "glove | a path to an existing word-list file")
+    if vocabulary not in options.VOCABULARIES and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
+        fail(
+            "evaluate.vocabulary",
+            vocabulary,
+            " | ".join(options.VOCABULARIES) + " | a path to an existing word-list file",
+        )
     _validate_probe(params["probe"], root)
 
 
 def _validate_probe(probe: Mapping[str, Any], root: Path) -> None:
     """The probe's vocabulary file, and a CSV listing (not a folder) where one is named."""
     vocabulary = probe["vocabulary"]
-    if vocabulary != "glove" and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
-        fail("probe.vocabulary", vocabulary, "glove | a path to an existing word-list file")
+    if vocabulary not in options.VOCABULARIES and not (root / vocabulary).is_file() and not Path(vocabulary).is_file():
+        allowed = " | ".join(options.VOCABULARIES) + " | a path to an existing word-list file"
+        fail("probe.vocabulary", vocabulary, allowed)
     if probe["listing"] is not None and not str(probe["listing"]).lower().endswith(".csv"):
         fail("probe.listing", probe["listing"], "null, or the path of a .csv file")
     if probe["groups"] == "column" and probe["listing"] is None:

@@ -122,6 +122,7 @@ def main() -> None:
         index="data/probe_index",
         explainer="models/explainer",
         glove="data/raw/glove",
+        wordnet="data/raw/wordnet",
         target_model="models/target",
         metrics="metrics/probe.json",
         results="results/probe",
@@ -131,7 +132,7 @@ def main() -> None:
     preprocessing = stage_preprocessing(params, params["backbone"]["weights"])
     geometry = (preprocessing.resize, preprocessing.crop, preprocessing.interpolation)
     inputs = open_probe(args.features, args.index, Path(section["root"]), section["filters"], "probe.filters")
-    vocabulary = load_vocabulary(WordEmbeddings.load(args.glove), section["vocabulary"], [])
+    vocabulary = load_vocabulary(WordEmbeddings.load(args.glove), section["vocabulary"], [], args.wordnet)
     explainer = load_checked_explainer(
         args.explainer, device, inputs.cache.val_maps.shape[1], vocabulary.vectors.shape[1]
     )

@@ -1,8 +1,9 @@
 """The category/token vocabulary: kept categories, the token space recall is computed in, the words searched.
 
 A category (``red car``, ``light.n.02``) has one or more GloVe tokens; ground truth and
-explanations are compared as tokens. The searched vocabulary is the whole GloVe store or the
-words of a list file, each word mapped to its category token (if it is one).
+explanations are compared as tokens. The searched vocabulary is the whole GloVe store, its words
+that are WordNet noun lemmas (``glove_nouns``: no verb forms or inflections such as ``dribbled``),
+or the words of a list file, each word mapped to its category token (if it is one).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import pandas as pd
 import torch
 
 from lavise.data.embeddings import WordEmbeddings
+from lavise.data.wordnet import load_wordnet
+from lavise.options import VOCABULARIES
 
 log = logging.getLogger(__name__)
 
-GLOVE_VOCABULARY = "glove"  # search the whole GloVe vocabulary instead of a word-list file
+GLOVE_VOCABULARY, GLOVE_NOUNS = VOCABULARIES  # the whole GloVe vocabulary | its WordNet nouns
 
 
 @dataclass
@@ -90,11 +93,33 @@ def _listed_words(embeddings: WordEmbeddings, path: str) -> tuple[np.ndarray, np
     return np.asarray(unique, dtype=object), np.asarray(embeddings.vectors[rows], dtype=np.float32)
 
 
-def load_vocabulary(embeddings: WordEmbeddings, vocabulary: str, tokens: Sequence[str]) -> Vocabulary:
-    """The whole GloVe vocabulary (``glove``) or the words of a one-per-line list file."""
+def noun_lemmas(wordnet_root: Path) -> frozenset[str]:
+    """The one-word noun lemmas of WordNet (lower case, as WordNet writes them): the entity words
+    the reference code restricts its explanations to. Multi-word lemmas (``traffic_light``) are
+    left out, since a GloVe token is one word."""
+    return frozenset(name for name in load_wordnet(wordnet_root).all_lemma_names(pos="n") if "_" not in name)
+
+
+def _glove_nouns(embeddings: WordEmbeddings, wordnet_root: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """The GloVe words that are one-word WordNet noun lemmas, in GloVe order, and their vectors."""
+    if wordnet_root is None:
+        raise ValueError(f"vocabulary {GLOVE_NOUNS!r} needs the WordNet directory")
+    nouns = noun_lemmas(wordnet_root)
+    keep = np.flatnonzero([word in nouns for word in embeddings.words])
+    log.info("vocabulary %s: %d of %d GloVe words are WordNet nouns", GLOVE_NOUNS, len(keep), len(embeddings.words))
+    return np.asarray(embeddings.words)[keep], np.asarray(embeddings.vectors[keep], dtype=np.float32)
+
+
+def load_vocabulary(
+    embeddings: WordEmbeddings, vocabulary: str, tokens: Sequence[str], wordnet_root: Path | None = None
+) -> Vocabulary:
+    """The whole GloVe vocabulary (``glove``), its WordNet nouns (``glove_nouns``, read from
+    ``wordnet_root``) or the words of a one-per-line list file."""
     if vocabulary == GLOVE_VOCABULARY:
         words = np.asarray(embeddings.words)
         vectors = np.asarray(embeddings.vectors, dtype=np.float32)
+    elif vocabulary == GLOVE_NOUNS:
+        words, vectors = _glove_nouns(embeddings, wordnet_root)
     else:
         words, vectors = _listed_words(embeddings, vocabulary)
     if len(words) == 0:

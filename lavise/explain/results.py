@@ -2,12 +2,13 @@
 
 ``explanations`` holds each filter's explanation words and vote counts per method, its top
 images, its NetDissect label and ``T_u``; ``filters`` holds per filter and method (NetDissect
-included) ``T_u``, the number of top images and of scored pairs, and the mean recall@s.
+included) ``T_u``, the number of top images and of scored pairs, the mean recall@s, and the
+presence ``correlation`` and ``auprc`` (NaN where undefined; lavise/metrics/presence.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ EXPLANATIONS_SCHEMA = pa.schema(
 )
 
 
+PER_FILTER = ("correlation", "auprc")  # filters.parquet's presence columns, after recall@s
+
+
 class ResultRows:
     """Rows of both tables, added method by method (in registry order, NetDissect last)."""
 
@@ -45,13 +49,19 @@ class ResultRows:
         self.explanation_rows: list[dict[str, Any]] = []
 
     def add_scores(
-        self, method: str, positions: np.ndarray, per_s: dict[int, np.ndarray], pair_filter: np.ndarray
+        self,
+        method: str,
+        positions: np.ndarray,
+        per_s: dict[int, np.ndarray],
+        pair_filter: np.ndarray,
+        per_filter: Mapping[str, np.ndarray],
     ) -> None:
-        """One filters.parquet row per filter position: recall@s ``per_s`` of pairs of filters ``pair_filter``."""
+        """One filters.parquet row per filter position: recall@s ``per_s`` of pairs of filters
+        ``pair_filter``, and the ``per_filter`` columns (values ``[len(positions)]``, in order)."""
         n_filters = len(self.filters)
         means = {s: per_filter_means(values, pair_filter, n_filters) for s, values in per_s.items()}
         scored = np.bincount(pair_filter[~np.isnan(next(iter(per_s.values())))], minlength=n_filters)
-        for pos in positions:
+        for i, pos in enumerate(positions):
             row: dict[str, Any] = {
                 "filter": int(self.filters[pos]),
                 "method": method,
@@ -60,6 +70,7 @@ class ResultRows:
                 "n_pairs": int(scored[pos]),
             }
             row.update({f"recall@{s}": float(values[pos]) for s, values in means.items()})
+            row.update({name: float(values[i]) for name, values in per_filter.items()})
             self.filter_rows.append(row)
 
     def add_explanations(
@@ -118,6 +129,6 @@ def write_tables(
     with atomic_path(results_dir / "explanations.csv") as tmp:
         flat.to_csv(tmp, index=False)
     filters_table = pd.DataFrame(rows.filter_rows)[
-        ["filter", "method", "threshold", "n_images", "n_pairs", *[f"recall@{s}" for s in s_values]]
+        ["filter", "method", "threshold", "n_images", "n_pairs", *[f"recall@{s}" for s in s_values], *PER_FILTER]
     ]
     write_parquet(results_dir / "filters.parquet", filters_table)

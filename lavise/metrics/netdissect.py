@@ -88,23 +88,33 @@ def label_token_sets(labels: np.ndarray, categories: Categories) -> np.ndarray:
     return tokens
 
 
+def fold_label_tokens(folds: Sequence[NetDissectAccumulator], categories: Categories) -> np.ndarray:
+    """bool ``[K, F, T]``: the tokens of each filter's label learned on each fold."""
+    return np.stack([label_token_sets(fold.labels()[0], categories) for fold in folds])
+
+
+def other_fold(rows: np.ndarray) -> np.ndarray:
+    """The fold whose label judges each map row: one the row is not in."""
+    return (fold_of(rows) + 1) % NETDISSECT_FOLDS
+
+
 def cross_fitted_label_tokens(
     folds: Sequence[NetDissectAccumulator], pair_row: np.ndarray, pair_filter: np.ndarray, categories: Categories
 ) -> np.ndarray:
     """bool ``[P, T]``: each pair (u, i) gets the tokens of u's label from the fold without image i."""
-    fold_tokens = np.stack([label_token_sets(fold.labels()[0], categories) for fold in folds])
-    other_fold = (fold_of(pair_row) + 1) % NETDISSECT_FOLDS
-    return fold_tokens[other_fold, pair_filter]
+    return fold_label_tokens(folds, categories)[other_fold(pair_row), pair_filter]
 
 
 @dataclass
 class NetDissectResult:
-    """The metrics entry, each filter's label (``-1``: none) and its IoU, and recall@s per pair."""
+    """The metrics entry, each filter's label (``-1``: none) and its IoU, recall@s per pair, and the
+    per-pair values of every recall figure keyed by its path in the entry (for the intervals)."""
 
     entry: dict[str, Any]
     labels: np.ndarray
     label_iou: np.ndarray
     per_s: dict[int, np.ndarray]
+    figures: dict[str, np.ndarray]
 
 
 def netdissect_metrics(
@@ -122,10 +132,14 @@ def netdissect_metrics(
     per_pair = label_recall(pair_label_tokens, truth.all)
     per_s = {s: per_pair for s in s_values}
     entry = method_metrics(per_s, pair_filter, n_filters)
-    if truth.has_unseen:
-        entry["seen"] = split_metrics({s: label_recall(pair_label_tokens, truth.seen) for s in s_values})
-        entry["unseen"] = split_metrics({s: label_recall(pair_label_tokens, truth.unseen) for s in s_values})
+    figures = {f"recall@{s}": per_pair for s in s_values}
+    splits = (("seen", truth.seen), ("unseen", truth.unseen)) if truth.has_unseen else ()
+    for split, ground_truth in splits:
+        split_recall = label_recall(pair_label_tokens, ground_truth)
+        entry[split] = split_metrics({s: split_recall for s in s_values})
+        figures.update({f"{split}.recall@{s}": split_recall for s in s_values})
     in_sample = label_recall(label_token_sets(labels, categories)[pair_filter], truth.all)
     entry["in_sample"] = split_metrics({1: in_sample})
+    figures["in_sample.recall@1"] = in_sample
     entry["n_distinct_concepts"] = int(len(np.unique(labels[labels >= 0])))
-    return NetDissectResult(entry, labels, label_iou, per_s)
+    return NetDissectResult(entry, labels, label_iou, per_s, figures)

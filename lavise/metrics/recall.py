@@ -135,15 +135,20 @@ def split_metrics(per_s: dict[int, np.ndarray]) -> dict[str, Any]:
 
 def word_recall_metrics(
     word_tokens: np.ndarray, truth: TruthTokens, pair_filter: np.ndarray, n_filters: int, s_values: Sequence[int]
-) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
-    """A method's metrics entry (with the seen/unseen split when there is one) and its recall@s per pair.
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A method's metrics entry (with the seen/unseen split when there is one) and the per-pair
+    values ``[P]`` of each of its recall figures, keyed by their path in the entry (``recall@5``,
+    ``seen.recall@5``, ...), for the intervals.
 
     ``word_tokens`` ``[P, S]``, ``truth`` and ``pair_filter`` ``[P]`` are those of the pairs the
     method explains, ``n_filters`` the number of filters it was evaluated on.
     """
     per_s = recall_at(word_tokens, truth.all, s_values)
     entry = method_metrics(per_s, pair_filter, n_filters)
+    figures = {f"recall@{s}": values for s, values in per_s.items()}
     if truth.has_unseen:
-        entry["seen"] = split_metrics(recall_at(word_tokens, truth.seen, s_values))
-        entry["unseen"] = split_metrics(recall_at(word_tokens, truth.unseen, s_values))
-    return entry, per_s
+        for split, ground_truth in (("seen", truth.seen), ("unseen", truth.unseen)):
+            split_s = recall_at(word_tokens, ground_truth, s_values)
+            entry[split] = split_metrics(split_s)
+            figures.update({f"{split}.recall@{s}": values for s, values in split_s.items()})
+    return entry, figures

@@ -67,6 +67,8 @@ EVALUATE = {
     "iou_threshold": 0.02,
     "top_s": [2, 5],
     "vocabulary": "glove",
+    "presence_top_k": 2,
+    "bootstrap": {"resamples": 50, "confidence": 0.9, "seed": 0},
     "filters": list(range(16, 28)),
     "image_masking_filters": [16],
     "word_weighting": "activation",
@@ -91,9 +93,12 @@ def _paths(root: Path, out: Path, features: Path | None = None) -> Paths:
         annotations=root / "annotations",
         explainer=root / "explainer",
         glove=root / "glove",
+        wordnet=root / "wordnet",
         raw=root / "raw" / "vg",
         metrics=out / "metrics" / "recall.json",
         results=out / "results",
+        summary=out / "metrics" / "summary.json",
+        target_metrics=out / "metrics" / "target.json",
     )
 
 
@@ -204,6 +209,7 @@ def _direct(cache: dict, filters: list[int]) -> dict:
     results["netdissect"] = {"all": {}, "seen": {}, "unseen": {}}
     results["netdissect_in_sample"] = {"all": {}}
     results["labels"] = {}
+    label_folds: dict[int, list[set[str]]] = {}  # each filter's label tokens learned on each half
     for u in filters:
         values = maps[:, u].ravel()
         threshold = np.float32(np.quantile(values, EVALUATE["quantile"]))
@@ -226,6 +232,7 @@ def _direct(cache: dict, filters: list[int]) -> dict:
 
         results["labels"][u] = label_of(list(range(N_IMAGES)))[0]
         fold_tokens = [label_of([r for r in range(N_IMAGES) if r % 2 == fold])[1] for fold in (0, 1)]
+        label_folds[u] = fold_tokens
         for r in order:
             label_tokens = fold_tokens[1 - r % 2]  # learned on the half without image r
             in_sample_truth = _truth(masks[r], regions[r])["all"]
@@ -246,6 +253,7 @@ def _direct(cache: dict, filters: list[int]) -> dict:
                     for s in (1, *EVALUATE["top_s"]):
                         words = label_tokens if method == "netdissect" else set(ranked[:s])
                         results[method][split].setdefault(s, []).append(len(words & gt) / len(gt))
+    results["fold_tokens"] = label_folds
     return results
 
 
@@ -258,6 +266,7 @@ def test_recall_matches_direct_computation(cache, evaluated) -> None:
     direct = _direct(cache, EVALUATE["filters"])
     assert direct["original_image"]["all"][1], "the synthetic cache must give scored pairs"
     labels = direct.pop("labels")
+    direct.pop("fold_tokens")
     in_sample = direct.pop("netdissect_in_sample")["all"][1]
     assert evaluated["netdissect"]["in_sample"]["recall@1"] == pytest.approx(np.mean(in_sample), abs=2e-6)
     assert evaluated["netdissect"]["in_sample"]["recall@1"] != evaluated["netdissect"]["recall@1"]
@@ -271,6 +280,73 @@ def test_recall_matches_direct_computation(cache, evaluated) -> None:
                 assert evaluated[method][split][f"recall@{s}"] == pytest.approx(np.mean(values), abs=2e-6)
     recalls = [evaluated["filter_attention"][f"recall@{s}"] for s in (1, 2, 5)]
     assert 0 < recalls[0] < recalls[1] < recalls[2] < 1
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    """Pearson's r written out term by term; NaN when either variable is constant."""
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else float("nan")
+
+
+def test_presence_scores_match_direct_computation(cache, evaluated) -> None:
+    """Per filter: presence of a named token in each image (by all its objects), its Pearson r
+    with the filter's maximum activation and scikit-learn's average precision, then the means."""
+    from sklearn.metrics import average_precision_score
+
+    root, k = cache["root"], EVALUATE["presence_top_k"]
+    maps = np.load(root / "features" / "val_maps.npy").astype(np.float32)
+    tokens_of = {c[0]: set(c[1]) for c in CATEGORIES}
+    objects = cache["objects"]
+    contains = [
+        set().union(*[tokens_of[c] for c in objects[objects["image_id"] == 100 + r]["category"]])
+        for r in range(N_IMAGES)
+    ]
+    category_tokens = set().union(*tokens_of.values())
+    explanations = pq.read_table(root / "results" / "explanations.parquet").to_pandas()
+    filters = pq.read_table(root / "results" / "filters.parquet").to_pandas().set_index(["method", "filter"])
+    fold_tokens = _direct(cache, EVALUATE["filters"])["fold_tokens"]
+    for method in (*MAP_METHODS, "netdissect"):
+        correlations, auprcs = [], []
+        for u in EVALUATE["filters"]:
+            if method == "netdissect":
+                named = [fold_tokens[u][1 - r % 2] for r in range(N_IMAGES)]  # the label of the other half
+            else:
+                row = explanations[(explanations["filter"] == u) & (explanations["method"] == method)].iloc[0]
+                named = [set(row["words"][:k]) & category_tokens] * N_IMAGES
+            present = [float(bool(contains[r] & named[r])) for r in range(N_IMAGES)]
+            activation = [float(maps[r, u].max()) for r in range(N_IMAGES)]
+            r_value = _pearson(activation, present)
+            ap = float("nan") if np.isnan(r_value) else average_precision_score(present, activation)
+            assert filters.loc[(method, u), "correlation"] == pytest.approx(r_value, abs=1e-6, nan_ok=True)
+            assert filters.loc[(method, u), "auprc"] == pytest.approx(ap, abs=1e-6, nan_ok=True)
+            if not np.isnan(r_value):
+                correlations.append(r_value)
+                auprcs.append(ap)
+        entry = evaluated[method]
+        assert correlations, f"{method}: the synthetic cache must give defined presence scores"
+        assert entry["correlation"] == pytest.approx(np.mean(correlations), abs=2e-6)
+        assert entry["auprc"] == pytest.approx(np.mean(auprcs), abs=2e-6)
+        assert entry["presence"]["n_filters_defined"] == len(correlations)
+        assert entry["presence"]["n_filters_undefined"] == len(EVALUATE["filters"]) - len(correlations)
+        for key in ("correlation", "auprc", "recall@1", "recall@5", "seen.recall@2", "unseen.recall@5"):
+            figure = entry[key.split(".")[0]][key.split(".")[1]] if "." in key else entry[key]
+            bounds = entry["interval"][key]
+            assert bounds["low"] - 1e-6 <= figure <= bounds["high"] + 1e-6, (method, key)
+
+
+def test_summary_holds_the_headline_figures(cache, evaluated) -> None:
+    summary = json.loads((cache["root"] / "metrics" / "summary.json").read_text())["headline"]
+    assert set(summary) == {*METHODS, "netdissect"}  # no target.json: no target mAP
+    for method, figures in summary.items():
+        assert figures == {
+            "recall@2": evaluated[method]["recall@2"],
+            "recall@2_low": evaluated[method]["interval"]["recall@2"]["low"],
+            "recall@2_high": evaluated[method]["interval"]["recall@2"]["high"],
+            "correlation": evaluated[method]["correlation"],
+            "auprc": evaluated[method]["auprc"],
+        }
 
 
 def test_image_masking_matches_direct_computation(cache, evaluated) -> None:

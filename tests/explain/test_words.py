@@ -112,3 +112,14 @@ def test_filter_explanations_vote_in_activation_order() -> None:
     # filter 0 reads rank 0 first: 6 (2 votes) and 9 (2) then 5 and 6 (1 each): 6: 3, 9: 2, 5: 1
     assert found == {0: ([6, 9, 5], [3, 2, 1]), 1: ([7, 8], [1, 1])}
     assert filter_explanations(words[[1]], np.array([1]), pairs, np.array([1]), 3) == {1: ([7, 8], [1, 1])}
+
+
+def test_glove_nouns_keeps_the_glove_words_that_are_wordnet_nouns(tmp_path, wordnet_root) -> None:
+    words = ["dog", "dribbled", "car", "the", "traffic", "squirted"]  # WordNet nouns: dog, car, traffic
+    embeddings = WordEmbeddings.load(write_glove_store(tmp_path / "glove", words, np.eye(8, dtype=np.float32)[:6]))
+    vocabulary = load_vocabulary(embeddings, "glove_nouns", ["car", "dog", "squirted"], wordnet_root)
+    assert vocabulary.words.tolist() == ["dog", "car", "traffic"]  # GloVe order kept
+    assert vocabulary.token_of_word.tolist() == [1, 0, -1]
+    assert torch.equal(vocabulary.vectors[1], torch.eye(8)[2])
+    with pytest.raises(ValueError, match="needs the WordNet directory"):
+        load_vocabulary(embeddings, "glove_nouns", ["dog"])

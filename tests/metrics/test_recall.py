@@ -99,9 +99,12 @@ def test_method_metrics_and_split_metrics_hand_computed() -> None:
 def test_word_recall_metrics_reports_the_split_when_there_is_one() -> None:
     truth = truth_tokens(np.array([[1, 1, 0], [0, 0, 1]], dtype=bool), _categories())
     words = np.array([[2, -1], [3, 0]])  # pair 0 ranks cat then a non-token; pair 1 sky then red
-    entry, per_s = word_recall_metrics(words, truth, np.array([0, 1]), 2, [1, 2])
+    entry, figures = word_recall_metrics(words, truth, np.array([0, 1]), 2, [1, 2])
     # pair 0: G = {red, car, cat}: 1/3 at s=1 and 2; pair 1: G = {sky}: 1
-    assert per_s[1].tolist() == pytest.approx([1 / 3, 1.0]) and per_s[2].tolist() == pytest.approx([1 / 3, 1.0])
+    assert figures["recall@1"].tolist() == pytest.approx([1 / 3, 1.0])
+    assert figures["recall@2"].tolist() == pytest.approx([1 / 3, 1.0])
+    assert figures["seen.recall@1"][0] == 0.0 and np.isnan(figures["seen.recall@1"][1])  # pair 1 has no seen G
+    assert figures["unseen.recall@2"].tolist() == [1.0, 1.0]
     assert entry["recall@1"] == round(2 / 3, 6)
     assert entry["seen"] == {"n_pairs": 1, "recall@1": 0.0, "recall@2": 0.0}  # seen G of pair 0: red, car
     assert entry["unseen"] == {"n_pairs": 2, "recall@1": 1.0, "recall@2": 1.0}  # novel: cat; sky

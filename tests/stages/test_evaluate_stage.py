@@ -36,8 +36,10 @@ def test_interrupted_writing_leaves_old_heatmaps_and_no_metrics(tmp_path: Path, 
     results, metrics = tmp_path / "results", tmp_path / "metrics" / "recall.json"
     (results / "heatmaps").mkdir(parents=True)
     (results / "heatmaps" / "filter_0000.png").write_bytes(b"old sheet")
+    summary = metrics.parent / "summary.json"
     metrics.parent.mkdir()
     metrics.write_text("{}")
+    summary.write_text("{}")
 
     def interrupted_sheets(out_dir: Path, *args: object) -> None:
         (out_dir / "filter_0000.png").write_bytes(b"new sheet")
@@ -45,13 +47,13 @@ def test_interrupted_writing_leaves_old_heatmaps_and_no_metrics(tmp_path: Path, 
 
     monkeypatch.setattr(stage, "write_tables", lambda *args: None)
     monkeypatch.setattr(stage, "write_sheets", interrupted_sheets)
-    paths = SimpleNamespace(results=results, metrics=metrics)
+    paths = SimpleNamespace(results=results, metrics=metrics, summary=summary)
     inputs = SimpleNamespace(image_ids=np.array([7]), annotations=SimpleNamespace(categories=SimpleNamespace(names=[])))
     selection = SimpleNamespace(top_rows=np.array([[0]]))
     netdissect = SimpleNamespace(labels=np.array([-1]), label_iou=np.array([0.0]))
     with pytest.raises(KeyboardInterrupt):
         stage.write_outputs(paths, inputs, selection, ({}, None, netdissect), {"top_s": [5]}, (256, 224))
-    assert not metrics.exists()
+    assert not metrics.exists() and not summary.exists()
     assert (results / "heatmaps" / "filter_0000.png").read_bytes() == b"old sheet"
     assert sorted(p.name for p in results.iterdir()) == ["heatmaps"]
 

@@ -112,6 +112,25 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
     for name in ("annotations.json", "train.json", "target.json"):
         assert json.loads((demo_repo / "metrics" / name).read_text())
     assert stale_stages(demo_repo) == set()
+    summary = json.loads((demo_repo / "metrics" / "summary.json").read_text())["headline"]
+    assert set(summary["filter_attention"]) == {"recall@5", "recall@5_low", "recall@5_high", "correlation", "auprc"}
+    assert summary["target_val_map"] == json.loads((demo_repo / "metrics" / "target.json").read_text())["val_map"]
+    interval = recall["filter_attention"]["interval"]["recall@5"]
+    assert interval["low"] <= recall["filter_attention"]["recall@5"] <= interval["high"]
+
+
+def test_forced_rerun_reproduces_lock_and_metrics_byte_for_byte(demo_repo: Path) -> None:
+    """Same machine, same inputs: `dvc repro --force` rewrites dvc.lock (every output's md5) and
+    metrics/ with the same bytes, so the committed run shows no change at all."""
+    before = {name: (demo_repo / name).read_bytes() for name in ("dvc.lock", *sorted(metric_files(demo_repo)))}
+    dvc("repro", "--force", cwd=demo_repo)
+    after = {name: (demo_repo / name).read_bytes() for name in ("dvc.lock", *sorted(metric_files(demo_repo)))}
+    assert [name for name in after if after[name] != before.get(name)] == [] and set(after) == set(before)
+    assert run(["git", "status", "--porcelain"], demo_repo).stdout == ""
+
+
+def metric_files(repo: Path) -> list[str]:
+    return [str(path.relative_to(repo)) for path in (repo / "metrics").glob("*.json")]
 
 
 def test_demo_relevance_tables(demo_repo: Path) -> None:
@@ -148,6 +167,7 @@ def test_demo_run_writes_saliency(demo_repo: Path) -> None:
     ("key", "value", "expected"),
     [
         (("evaluate", "p"), 10, {"evaluate"}),
+        (("evaluate", "presence_top_k"), 1, {"evaluate"}),
         (("train", "margin"), 0.5, {"train"}),
         (("backbone", "layer"), "layer3", {"features", "evaluate", "probe_features", "probe", "relevance", "saliency"}),
         (("saliency", "top_q"), 0.2, {"saliency"}),
