@@ -23,7 +23,7 @@ import torch
 
 from lavise.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_image
 from lavise.data.masks import image_object_masks
-from lavise.data.transforms import masks_to_crop
+from lavise.data.transforms import IMAGENET_MEAN, IMAGENET_STD, masks_to_crop
 from lavise.devices import resolve_device
 from lavise.io import atomic_dir, write_json, write_parquet
 from lavise.models.backbones import skeleton
@@ -34,7 +34,7 @@ from lavise.saliency.models import cam_layer, load_models
 from lavise.saliency.run import ImageSource, ScoreSettings, run_saliency
 from lavise.saliency.sheets import write_case_sheet
 from lavise.saliency.summary import Bootstrap, saliency_metrics
-from stages.backbone_params import validate_backbone
+from stages.backbone_params import stage_preprocessing, validate_backbone
 from stages.cli import run_stage, start_stage
 from stages.params import fail
 
@@ -191,10 +191,24 @@ def main() -> None:
         paths,
         {**backbone, "weights": weights},
         layer_of(params),
-        params["transform"],
+        saliency_geometry(params),
         params["saliency"],
         params["images"]["max_pixels"],
     )
+
+
+def saliency_geometry(params: Mapping[str, Any]) -> dict[str, int]:
+    """(resize, crop) of the model's preprocessing; the saliency adapters normalise with ImageNet's
+    mean and std and resize bilinearly, so a preset asking for other values is refused here
+    rather than explained with inputs the model never saw."""
+    p = stage_preprocessing(params, params["backbone"]["weights"])
+    if (p.mean, p.std, p.interpolation) != (IMAGENET_MEAN, IMAGENET_STD, "bilinear"):
+        raise ValueError(
+            f"saliency runs with ImageNet mean/std and bilinear resizing, but the preprocessing ({p.preset}) "
+            f"asks for mean {p.mean}, std {p.std}, {p.interpolation}: set transform.mean, transform.std "
+            "and transform.interpolation to the ImageNet defaults, or drop the saliency stage for this model"
+        )
+    return {"resize": p.resize, "crop": p.crop}
 
 
 if __name__ == "__main__":

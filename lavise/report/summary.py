@@ -43,8 +43,8 @@ def interval(block: Mapping[str, Any], key: str, subset: str | None = None) -> t
     candidates = [key] if subset is None else [f"{subset}{sep}{key}" for sep in (".", "/", "_")]
     for name in candidates:
         found = intervals.get(name)
-        if isinstance(found, Mapping) and "low" in found and "high" in found:
-            return float(found["low"]), float(found["high"])
+        if isinstance(found, Mapping) and found.get("low") is not None and found.get("high") is not None:
+            return float(found["low"]), float(found["high"])  # null bounds: the figure is undefined
     if subset is not None and isinstance(block.get(subset), Mapping):
         return interval(block[subset], key)
     return None

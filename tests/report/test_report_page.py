@@ -63,6 +63,8 @@ def test_a_figure_shows_its_interval_where_one_exists() -> None:
     nested = {"recall@5": 0.3, "seen": {"recall@5": 0.7, "interval": {"recall@5": {"low": 0.6, "high": 0.8}}}}
     assert with_interval(nested, "recall@5", "seen") == '0.700 <span class="ci">[0.600, 0.800]</span>'
     assert with_interval({}, "auprc") == "—"
+    undefined = {"correlation": None, "interval": {"correlation": {"low": None, "high": None}}}
+    assert with_interval(undefined, "correlation") == "—"  # an undefined figure has null bounds
 
 
 def test_summary_tables_have_a_row_per_method_and_the_second_metric_when_written() -> None:

@@ -95,3 +95,12 @@ def test_stage_stops_at_start_with_one_line(tmp_path: Path, defaults: dict) -> N
         "error: params.yaml: `saliency.methods` = ['gradcam', 'fullgrad'] is invalid; allowed: a non-empty list "
         "without repeats drawn from ['gradcam', 'gradcam++', 'scorecam', 'ablationcam', 'lime']."
     ]
+
+
+def test_saliency_geometry_follows_the_preset_and_refuses_other_normalisations(defaults: dict) -> None:
+    from stages.saliency import saliency_geometry
+
+    assert saliency_geometry(defaults) == {"resize": 256, "crop": 224}
+    assert saliency_geometry(with_value(defaults, ("transform", "crop"), 192)) == {"resize": 256, "crop": 192}
+    with pytest.raises(ValueError, match="saliency runs with ImageNet mean/std"):
+        saliency_geometry(with_value(defaults, ("transform", "interpolation"), "bicubic"))

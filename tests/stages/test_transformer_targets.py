@@ -108,6 +108,7 @@ def _params(name: str) -> dict[str, Any]:
         heatmap_filters=[0],
         batch_size=16,
         device="cpu",
+        vocabulary="glove",  # the fixture's GloVe store; glove_nouns would need WordNet too
     )
     validate_params(params, ROOT)
     validate_backbone(params, ROOT)
@@ -136,13 +137,16 @@ def _run(name: str, dataset: Path) -> tuple[Path, dict[str, Any]]:
         params["train"],
     )
     paths = Paths(
-        out / "features",
-        dataset / "annotations",
-        out / "explainer",
-        dataset / "glove",
-        dataset / "raw",
-        out / "recall.json",
-        out / "results",
+        features=out / "features",
+        annotations=dataset / "annotations",
+        explainer=out / "explainer",
+        glove=dataset / "glove",
+        wordnet=dataset / "wordnet",
+        raw=dataset / "raw",
+        metrics=out / "recall.json",
+        results=out / "results",
+        summary=out / "summary.json",
+        target_metrics=out / "target.json",
     )
     preprocessing = stage_preprocessing(params, "none")
     metrics = run_evaluate(paths, params["backbone"], preprocessing, params["evaluate"])
