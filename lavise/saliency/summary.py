@@ -49,11 +49,11 @@ def truth_entry(rows: pd.DataFrame, bootstrap: Bootstrap) -> dict[str, Any]:
 
 
 def method_entry(name: str, rows: pd.DataFrame, result: Pass, bootstrap: Bootstrap, truth: bool) -> dict[str, Any]:
-    """One method's metrics: scores on the trained model, ROAD, seconds per image, random control."""
+    """One method's metrics: scores on the trained model, ROAD, random control (its seconds per image
+    are not a metric: they differ on every run, and metrics/ must reproduce byte for byte)."""
     trained = rows[(rows["model"] == TRAINED) & (rows["method"] == name)]
     entry: dict[str, Any] = truth_entry(trained, bootstrap) if truth else {}
     entry["road"] = interval(trained, "road", bootstrap)
-    entry["seconds_per_image"] = json_float(result.seconds.get(name, 0.0) / max(result.images, 1), 4)
     if truth:
         entry["random_weights"] = truth_entry(rows[(rows["model"] == RANDOM) & (rows["method"] == name)], bootstrap)
     return entry
