@@ -53,12 +53,18 @@ def read_table_head(path: Path, rows: int) -> tuple[pd.DataFrame, int] | None:
     return head.to_pandas(), handle.metadata.num_rows
 
 
+RUN_RECORDS = ("dvc.lock", "metrics")  # what committing a run's results changes, never its inputs
+
+
 def git_revision(root: Path) -> str | None:
-    """The commit the run started from, or ``None`` outside a git checkout (or without git)."""
+    """The last commit that changed anything but the run's records (dvc.lock, metrics/): the code
+    and params the run came from, or ``None`` outside a git checkout (or without git). Not HEAD,
+    so that committing the results does not change the page, and a forced rerun of the committed
+    run writes the same bytes."""
+    excluded = [f":(exclude){path}" for path in RUN_RECORDS]
+    command = ["git", "log", "-1", "--format=%H", "--", ".", *excluded]
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30, check=False
-        )
+        result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     revision = result.stdout.strip()

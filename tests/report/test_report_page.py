@@ -162,3 +162,26 @@ def test_formatting_and_addresses(tmp_path: Path) -> None:
     assert flatten({"a": {"b": 1, "c": {}}, "d": 2}) == {"a.b": 1, "a.c": {}, "d": 2}
     assert relative_src(tmp_path / "x y" / "a.png", tmp_path / "report") == "../x%20y/a.png"
     assert render_page(ReportInputs({}, None, {}, None, None, None, {}, None), tmp_path).count("not run") >= 3
+
+
+def test_revision_is_the_inputs_commit_not_the_results_commit(tmp_path: Path) -> None:
+    import subprocess
+
+    def git(*args: str) -> str:
+        command = ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args]
+        return subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "inputs")
+    inputs = git("rev-parse", "HEAD")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "recall.json").write_text("{}")
+    (tmp_path / "dvc.lock").write_text("x")
+    git("add", "-A")
+    git("commit", "-qm", "results")
+    assert git_revision(tmp_path) == inputs  # committing the run's records leaves the page as it was
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    git("commit", "-qam", "new params")
+    assert git_revision(tmp_path) == git("rev-parse", "HEAD")

@@ -96,6 +96,8 @@ def test_a_queued_grid_runs_isolated_reproducible_experiments(tmp_path: Path) ->
         shutil.copy2(ROOT / name, repo / name)
     set_params(repo, SWEEP_OVERRIDES)
     cache_outputs(repo / "dvc.yaml", UNCACHED_OUTPUTS)
+    # Copies, not hardlinks, out of the cache: the readers refuse multiply-linked files (CWE-59).
+    (repo / ".dvc" / "config").write_text('[core]\n    analytics = false\n[cache]\n    type = "reflink,copy"\n')
     run(["git", "init", "-q", "-b", "main"], repo)
     run([*GIT, "add", "-A"], repo)
     run([*GIT, "commit", "-qm", "sweep"], repo)
