@@ -58,11 +58,17 @@ def main() -> None:
         target_model="models/target",
         out="data/features",
     )
+    build_cache(params, args.annotations, args.raw / params["dataset"], args.out, args.target_model)
+
+
+def build_cache(params: dict[str, Any], annotations: Path, images_root: Path, out: Path, target_model: Path) -> None:
+    """The feature cache of the images listed in ``annotations`` (files under ``images_root``) with
+    the params' backbone, preprocessing and `features` settings; shared with `probe_features`."""
     build_feature_cache(
-        args.annotations,
-        args.raw / params["dataset"],
-        args.out,
-        extraction_settings(params, args.target_model),
+        annotations,
+        images_root,
+        out,
+        extraction_settings(params, target_model),
         num_workers=params["features"]["num_workers"],
         resize_what="transform.resize",
         weights_what="backbone.weights",

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from lavise.features.cache import META_FILE
-from lavise.features.extract import build_feature_cache
 from lavise.probe.listing import ProbeSource, list_probe, probe_images, write_probe_index
 from stages.backbone_params import validate_backbone
 from stages.cli import run_stage, start_stage
-from stages.features import extraction_settings
+from stages.features import build_cache
 
 log = logging.getLogger("stages.probe_features")
 
@@ -46,15 +45,7 @@ def main() -> None:
     log.info("probe: %d files under %s, %d groups", len(images), source.root, images["group"].nunique())
     (args.out / META_FILE).unlink(missing_ok=True)  # the cache is unfinished until it matches the new index
     write_probe_index(images, args.index, source)
-    build_feature_cache(
-        args.index,
-        source.root,
-        args.out,
-        extraction_settings(params, args.target_model),
-        num_workers=params["features"]["num_workers"],
-        resize_what="transform.resize",
-        weights_what="backbone.weights",
-    )
+    build_cache(params, args.index, source.root, args.out, args.target_model)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from lavise.data.masks import image_object_masks
 from lavise.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Preprocessing,
     mask_to_grid,
     masks_to_crop,
     resized_size,
@@ -397,15 +398,8 @@ class ExtractionSettings:
     preset: str = "default"
 
     def transform_record(self) -> dict[str, Any]:
-        """The preprocessing, as meta.json and the fingerprint record it."""
-        return {
-            "resize": self.resize,
-            "crop": self.crop,
-            "interpolation": self.interpolation,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "preset": self.preset,
-        }
+        """The preprocessing, as meta.json and the fingerprint record it (:meth:`Preprocessing.record`)."""
+        return Preprocessing(self.resize, self.crop, self.interpolation, self.mean, self.std, self.preset).record()
 
 
 def _fingerprint(annotations_dir: Path, settings: ExtractionSettings) -> dict[str, Any]:
