@@ -31,7 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     settings = MethodSettings(
         batch_size=32,
-        cam_channels=None if args.published else 32,
+        scorecam_channels=None if args.published else 32,
+        ablationcam_channels=None,
         lime_samples=1000 if args.published else 100,
         lime_features=100000,
         lime_hide_color=None,
@@ -52,7 +53,7 @@ def main() -> None:
         seconds = (time.perf_counter() - started) / args.images
         print(f"{name:12s} {1 / seconds:8.3f} images/s  {seconds:8.3f} s/image")
     started = time.perf_counter()
-    road_scores(model, normalize_uint8(crops[0]), np.asarray(last), classes, [50], seed=0)
+    road_scores(model, normalize_uint8(crops[0]), {"last": np.asarray(last)}, classes, [50], seed=0)
     print(f"{'road [50]':12s} {(time.perf_counter() - started) / len(classes):8.3f} s/map")
 
 

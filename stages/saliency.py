@@ -107,7 +107,8 @@ def settings_of(section: Mapping[str, Any]) -> tuple[MethodSettings, ScoreSettin
     """The `saliency` section as the library's settings."""
     methods = MethodSettings(
         batch_size=int(section["batch_size"]),
-        cam_channels=section["cam_channels"],
+        scorecam_channels=section["scorecam_channels"],
+        ablationcam_channels=section["ablationcam_channels"],
         lime_samples=int(section["lime_samples"]),
         lime_features=int(section["lime_features"]),
         lime_hide_color=section["lime_hide_color"],
@@ -119,6 +120,7 @@ def settings_of(section: Mapping[str, Any]) -> tuple[MethodSettings, ScoreSettin
         sigma=float(section["gaussian_sigma"]),
         road_percentiles=list(section["road_percentiles"]),
         seed=int(section["seed"]),
+        road_images=None if section["road_images"] == "all" else int(section["road_images"]),
     )
     bootstrap = Bootstrap(int(section["bootstrap_resamples"]), float(section["confidence"]), int(section["seed"]))
     return methods, scores, bootstrap

@@ -8,11 +8,14 @@ Every entry turns one image and ``K`` classes into maps ``[K, H, W]`` at the cro
   the target (``ClassifierOutputTarget``; Ablation-CAM: the class probability, see
   :func:`cam_targets`); the library upsamples to the input and scales each
   map to [0, 1]. The K classes go through as one batch of K copies of the image.
-* ``scorecam`` and ``ablationcam`` run one forward pass per layer channel and class (batched by
-  ``batch_size``); ``cam_channels`` keeps only that many channels of highest mean activation on
-  the image (Score-CAM: the library's ``reshape_transform`` hook selects them; Ablation-CAM: its
-  ``ablation_layer`` hook ablates only them, the others keep weight 0); null = every channel, as
-  published.
+* ``scorecam`` runs one forward pass per layer channel (batched by ``batch_size``), shared by the
+  K classes (:class:`SharedScoreCAM`); ``scorecam_channels`` keeps only that many channels of
+  highest mean activation on the image (the library's ``reshape_transform`` hook selects them).
+* ``ablationcam`` runs the library's ``AblationCAM`` on the network from the CAM layer onward
+  (``Explainee.head``), fed the layer's activations: each ablated pass costs the head, not the
+  whole network, and the maps are the library's (tests/saliency). ``ablationcam_channels``
+  ablates only that many channels of highest mean activation (the others keep weight 0).
+* For both, null = every channel, as published.
 * ``lime``: ``LimeImageExplainer.explain_instance`` with its default quickshift segmentation,
   on the crop in [0, 1], explaining the class probabilities (sigmoid of the logits for the
   multi-label target CNN, softmax for an ImageNet-style one); a pixel's value is its
@@ -32,6 +35,7 @@ from lime.lime_image import LimeImageExplainer
 from pytorch_grad_cam import AblationCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
 from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
@@ -43,7 +47,8 @@ class MethodSettings:
     """What the methods take from params: forward batch, channel budgets, LIME's settings, seed."""
 
     batch_size: int
-    cam_channels: int | None
+    scorecam_channels: int | None
+    ablationcam_channels: int | None
     lime_samples: int
     lime_features: int
     lime_hide_color: float | None
@@ -52,12 +57,15 @@ class MethodSettings:
 
 @dataclass(frozen=True)
 class Explainee:
-    """A classifier to explain: the model (eval mode, on its device), its CAM layer module, and
-    how its logits ``[B, C]`` become the probabilities LIME regresses on."""
+    """A classifier to explain: the model (eval mode, on its device), its CAM layer module, how
+    its logits ``[B, C]`` become the probabilities LIME regresses on, and the network from the
+    CAM layer onward (layer output -> logits; None where the model cannot be cut there, and
+    Ablation-CAM then runs the whole model per ablated batch, as the library does)."""
 
     model: nn.Module
     layer: nn.Module
     probabilities: Callable[[torch.Tensor], torch.Tensor]
+    head: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -110,6 +118,29 @@ class TopChannelAblation(AblationLayer):
         return self.indices
 
 
+class SharedScoreCAM(ScoreCAM):
+    """The library's Score-CAM for K targets on K copies of one image, with the masked forward
+    passes run once instead of once per target (the masked inputs do not depend on the class).
+    The weights are the library's: per target, a softmax over channels of its masked scores."""
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> np.ndarray:
+        if not torch.equal(input_tensor, input_tensor[:1].expand_as(input_tensor)):
+            return super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+        with torch.no_grad():
+            maps = torch.from_numpy(activations[:1]).to(self.device)  # [1, C, h, w]
+            upsampled = torch.nn.UpsamplingBilinear2d(size=input_tensor.shape[-2:])(maps)[0]  # [C, H, W]
+            flat = upsampled.flatten(1)
+            low, high = flat.min(dim=1).values, flat.max(dim=1).values
+            upsampled = (upsampled - low[:, None, None]) / (high - low + 1e-8)[:, None, None]
+            outputs = []
+            for start in range(0, len(upsampled), self.batch_size):
+                masks = upsampled[start : start + self.batch_size, None]  # [b, 1, H, W]
+                outputs.append(self.model(input_tensor[:1] * masks))  # [b, classes]
+            logits = torch.cat(outputs)  # [C, classes]
+            scores = torch.tensor([[float(target(row)) for row in logits] for target in targets])  # [K, C]
+        return torch.softmax(scores, dim=-1).numpy()
+
+
 def _make_cam(name: str, explainee: Explainee, settings: MethodSettings) -> BaseCAM:
     layers = [explainee.layer]
     if name == "gradcam":
@@ -117,13 +148,13 @@ def _make_cam(name: str, explainee: Explainee, settings: MethodSettings) -> Base
     if name == "gradcam++":
         return GradCAMPlusPlus(explainee.model, layers)
     if name == "scorecam":
-        cam = ScoreCAM(explainee.model, layers, reshape_transform=top_channels(settings.cam_channels))
+        cam = SharedScoreCAM(explainee.model, layers, reshape_transform=top_channels(settings.scorecam_channels))
         cam.batch_size = settings.batch_size  # read by ScoreCAM.get_cam_weights
         return cam
     return AblationCAM(
         explainee.model,
         layers,
-        ablation_layer=TopChannelAblation(settings.cam_channels),
+        ablation_layer=TopChannelAblation(settings.ablationcam_channels),
         batch_size=settings.batch_size,
     )
 
@@ -162,6 +193,35 @@ def cam_explain(name: str) -> Explain:
     return explain
 
 
+def layer_activations(explainee: Explainee, image: torch.Tensor) -> torch.Tensor:
+    """The CAM layer's output ``[1, C, h, w]`` on the normalised ``image`` ``[3, H, W]``."""
+    captured: list[torch.Tensor] = []
+    handle = explainee.layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        with torch.no_grad():
+            explainee.model(image[None].to(explainee.device))
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def ablation_explain(
+    explainee: Explainee, image: torch.Tensor, crop: torch.Tensor, classes: list[int], settings: MethodSettings
+) -> np.ndarray:
+    """pytorch-grad-cam's AblationCAM on the head (``Explainee.head``) fed the CAM layer's
+    activations, upsampled to the crop as the library's BaseCAM does (min-max scale, resize,
+    scale again); without a head, the library on the whole model."""
+    if explainee.head is None:
+        return cam_explain("ablationcam")(explainee, image, crop, classes, settings)
+    tail = nn.Sequential(nn.Identity(), explainee.head)  # input: the layer's output
+    batch = layer_activations(explainee, image).expand(len(classes), -1, -1, -1).contiguous()  # [K, C, h, w]
+    ablation = TopChannelAblation(settings.ablationcam_channels)
+    with AblationCAM(tail, [tail[0]], ablation_layer=ablation, batch_size=settings.batch_size) as cam:
+        small = cam(input_tensor=batch, targets=cam_targets("ablationcam", explainee, classes))  # [K, h, w]
+    size = (int(image.shape[-1]), int(image.shape[-2]))  # (width, height), as BaseCAM passes it
+    return np.asarray(scale_cam_image(scale_cam_image(small, size)), dtype=np.float32)  # [K, H, W]
+
+
 def lime_explain(
     explainee: Explainee, image: torch.Tensor, crop: torch.Tensor, classes: list[int], settings: MethodSettings
 ) -> np.ndarray:
@@ -198,6 +258,6 @@ REGISTRY: dict[str, SaliencyMethod] = {
     "gradcam": SaliencyMethod("gradcam", cam_explain("gradcam"), "pytorch-grad-cam GradCAM"),
     "gradcam++": SaliencyMethod("gradcam++", cam_explain("gradcam++"), "pytorch-grad-cam GradCAMPlusPlus"),
     "scorecam": SaliencyMethod("scorecam", cam_explain("scorecam"), "pytorch-grad-cam ScoreCAM"),
-    "ablationcam": SaliencyMethod("ablationcam", cam_explain("ablationcam"), "pytorch-grad-cam AblationCAM"),
+    "ablationcam": SaliencyMethod("ablationcam", ablation_explain, "pytorch-grad-cam AblationCAM (on the head)"),
     "lime": SaliencyMethod("lime", lime_explain, "lime LimeImageExplainer (quickshift)"),
 }

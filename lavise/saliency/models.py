@@ -11,15 +11,19 @@ its predicted top-1 class is explained instead.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from lavise.models.backbones import build_model, classifier_head_name, seeded_model
 from lavise.models.checkpoints import looks_like_checkpoint
+from lavise.models.head import head_from_layer
 from lavise.saliency.methods import Explainee
+
+log = logging.getLogger(__name__)
 
 
 def cam_layer(model: nn.Module, layer: str) -> nn.Module:
@@ -72,5 +76,18 @@ def load_models(
     random = seeded_model(name, seed, classes).eval()
     multi_label = categories is not None  # the target CNN is trained one-vs-rest (BCE)
     probabilities = torch.sigmoid if multi_label else (lambda logits: torch.softmax(logits, dim=1))
-    explainees = [Explainee(model.to(device), cam_layer(model, layer), probabilities) for model in (trained, random)]
+    explainees = [
+        Explainee(model.to(device), cam_layer(model, layer), probabilities, head_or_none(model, layer))
+        for model in (trained, random)
+    ]
     return Models(explainees[0], explainees[1], categories)
+
+
+def head_or_none(model: nn.Module, layer: str) -> nn.Module | None:
+    """The network from ``layer`` onward, or None (logged) where it cannot be cut there: Ablation-CAM
+    then re-runs the whole model per ablated batch, which is slower but gives the same maps."""
+    try:
+        return head_from_layer(model, layer)
+    except (ValueError, TypeError, fx.proxy.TraceError) as error:
+        log.info("saliency: Ablation-CAM runs the whole %s per batch (%s)", type(model).__name__, error)
+        return None

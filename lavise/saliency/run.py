@@ -38,13 +38,15 @@ TRAINED, RANDOM, CONTROL = "trained", "random", "gaussian"  # the `model` column
 @dataclass(frozen=True)
 class ScoreSettings:
     """How maps are scored: pointing tolerance (px), agreement's q, Gaussian sigma (share of the
-    crop), ROAD's percentiles, and the seed of ROAD's noise."""
+    crop), ROAD's percentiles, the seed of ROAD's noise, and how many of the explained images get
+    ROAD (the first ones; None = all: two sparse solves per map make it the costliest score)."""
 
     tolerance: int
     top_q: float
     sigma: float
     road_percentiles: Sequence[int]
     seed: int
+    road_images: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,16 +136,16 @@ def case_rows(
     random: dict[str, np.ndarray],
     models: Models,
     scores: ScoreSettings,
+    with_road: bool = True,
 ) -> Iterable[dict[str, Any]]:
-    """The rows of one image: per class, every method on the trained model (agreement, ROAD and,
-    with ground truth, the mask scores), then the random model's and the Gaussian control's."""
+    """The rows of one image: per class, every method on the trained model (agreement, ROAD, NaN
+    without ``with_road``, and, with ground truth, the mask scores), then the random model's and
+    the Gaussian control's."""
     methods = list(trained)
-    road = {
-        name: road_scores(
-            models.trained.model, case.image, maps, case.classes, scores.road_percentiles, scores.seed + case.image_id
-        )
-        for name, maps in trained.items()
-    }
+    road = {name: np.full(len(case.classes), np.nan) for name in methods}
+    if with_road:
+        seed = scores.seed + case.image_id
+        road = road_scores(models.trained.model, case.image, trained, case.classes, scores.road_percentiles, seed)
     gaussian = gaussian_map(case.crop.shape[-1], scores.sigma)
     for k, (label, name) in enumerate(zip(case.classes, case.names)):
         base = {"image_id": case.image_id, "category": name, "class_index": label}
@@ -181,7 +183,8 @@ def run_saliency(
         if case is None:
             continue
         trained, random = explain_case(case, models, methods, settings, result)
-        result.rows.extend(case_rows(case, trained, random, models, scores))
+        with_road = scores.road_images is None or result.images < scores.road_images
+        result.rows.extend(case_rows(case, trained, random, models, scores, with_road))
         if sheets is not None and result.images < sheets[0]:
             sheets[1](case, trained)
         result.images += 1

@@ -53,7 +53,7 @@ def method_entry(name: str, rows: pd.DataFrame, result: Pass, bootstrap: Bootstr
     are not a metric: they differ on every run, and metrics/ must reproduce byte for byte)."""
     trained = rows[(rows["model"] == TRAINED) & (rows["method"] == name)]
     entry: dict[str, Any] = truth_entry(trained, bootstrap) if truth else {}
-    entry["road"] = interval(trained, "road", bootstrap)
+    entry["road"] = interval(trained[trained["road"].notna()], "road", bootstrap)
     if truth:
         entry["random_weights"] = truth_entry(rows[(rows["model"] == RANDOM) & (rows["method"] == name)], bootstrap)
     return entry
@@ -80,6 +80,7 @@ def saliency_metrics(
         "images": result.images,
         "images_skipped": dict(sorted(result.skipped.items())),
         "pairs": pairs,
+        "road_pairs": int(rows[rows["model"] == TRAINED]["road"].notna().sum() // len(methods)),
     }
     metrics["methods"] = {name: method_entry(name, rows, result, bootstrap, truth) for name in methods}
     if truth:

@@ -102,6 +102,29 @@ def test_road_prefers_the_map_of_what_the_model_reads() -> None:
     crop, image, mask = bright_square(SIZE)
     right = mask.astype(np.float32)
     wrong = (~mask).astype(np.float32)
-    scores = road_scores(models.trained.model, image, np.stack([right, wrong]), [0, 0], [50], seed=0)
+    scores = road_scores(models.trained.model, image, {"m": np.stack([right, wrong])}, [0, 0], [50], seed=0)["m"]
     assert scores[0] > scores[1]
-    assert np.array_equal(scores, road_scores(models.trained.model, image, np.stack([right, wrong]), [0, 0], [50], 0))
+    again = road_scores(models.trained.model, image, {"m": np.stack([right, wrong])}, [0, 0], [50], 0)["m"]
+    assert np.array_equal(scores, again)
+
+
+def test_batched_road_equals_the_library_road_combined_per_method() -> None:
+    import torch
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from tests.saliency.tiny import tiny_model
+
+    model = tiny_model(seed=2, detector=False)
+    _, image, _ = bright_square(32)
+    rng = np.random.default_rng(0)
+    maps = {name: rng.random((2, 32, 32)).astype(np.float32) for name in ("a", "b", "c")}
+    classes, percentiles = [0, 2], [20, 50, 80]
+    scores = road_scores(model, image, maps, classes, percentiles, seed=7, batch_size=5)
+    for name, cams in maps.items():
+        torch.manual_seed(7)
+        batch = image[None].expand(2, -1, -1, -1).contiguous()
+        targets = [ClassifierOutputTarget(c) for c in classes]
+        expected = ROADCombined(percentiles=percentiles)(batch, cams, targets, model)
+        np.testing.assert_allclose(scores[name], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(scores["a"], scores["b"])

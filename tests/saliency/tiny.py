@@ -6,13 +6,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from lavise.models.head import head_from_layer
 from lavise.saliency.methods import Explainee, MethodSettings
 from lavise.saliency.models import Models
 
 SIZE = 224  # LIME's quickshift (max_dist 200 px) needs an image this large to make superpixels
 SETTINGS = MethodSettings(
     batch_size=8,
-    cam_channels=None,
+    scorecam_channels=None,
+    ablationcam_channels=None,
     lime_samples=40,
     lime_features=100000,
     lime_hide_color=None,
@@ -60,4 +62,5 @@ def bright_square(size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor, np.ndar
 def tiny_models(categories: list[str] | None = ("bright", "b", "c")) -> Models:
     trained, random = tiny_model(), tiny_model(seed=1, detector=False)
     cats = None if categories is None else list(categories)
-    return Models(Explainee(trained, trained[2], torch.sigmoid), Explainee(random, random[2], torch.sigmoid), cats)
+    explainees = [Explainee(m, m[2], torch.sigmoid, head_from_layer(m, "2")) for m in (trained, random)]
+    return Models(explainees[0], explainees[1], cats)

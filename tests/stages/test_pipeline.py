@@ -1,9 +1,10 @@
 """End to end: the real dvc.yaml on the embedded demo, in a temporary git clone of the project.
 
-One demo run (with fewer epochs and filters than the committed defaults, to keep CI short) is
-shared by the tests: it checks the metrics the stages write, that an edit of params.yaml
-invalidates exactly the stages that read the edited key, and that `dvc metrics diff` and
-`dvc params diff` compare two branches.
+One demo run is shared by the tests: the default target CNN (so the saliency acceptance test
+explains the demo's own model), and fewer explainer epochs, filters, µ and saliency images than
+the committed defaults, to keep CI short. It checks the metrics the stages write, that an edit
+of params.yaml invalidates exactly the stages that read the edited key, that a forced rerun
+writes the same bytes, and that `dvc metrics diff` and `dvc params diff` compare two branches.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # whole demo pipeline under DVC: minutes
 BIN = Path(sys.executable).parent
 FAST_OVERRIDES = {
-    ("target", "epochs"): 2,
     ("train", "epochs"): 3,
     ("evaluate", "filters"): list(range(0, 512, 8)),
     ("evaluate", "image_masking_filters"): [0, 8],
@@ -120,10 +120,12 @@ def test_demo_run_writes_every_method(demo_repo: Path) -> None:
 
 
 def test_forced_rerun_reproduces_lock_and_metrics_byte_for_byte(demo_repo: Path) -> None:
-    """Same machine, same inputs: `dvc repro --force` rewrites dvc.lock (every output's md5) and
-    metrics/ with the same bytes, so the committed run shows no change at all."""
+    """Same machine, same inputs: forcing every stage but `target` rewrites dvc.lock (every
+    output's md5) and metrics/ with the same bytes, so the committed run shows no change at all.
+    (`target`'s two-run identity is tests/stages/test_target_stage.py's, on a smaller dataset.)"""
     before = {name: (demo_repo / name).read_bytes() for name in ("dvc.lock", *sorted(metric_files(demo_repo)))}
-    dvc("repro", "--force", cwd=demo_repo)
+    dvc("repro", "--force", "--single-item", "download", "annotations", cwd=demo_repo)
+    dvc("repro", "--force", "--downstream", "features", "probe_features", "saliency", cwd=demo_repo)
     after = {name: (demo_repo / name).read_bytes() for name in ("dvc.lock", *sorted(metric_files(demo_repo)))}
     assert [name for name in after if after[name] != before.get(name)] == [] and set(after) == set(before)
     assert run(["git", "status", "--porcelain"], demo_repo).stdout == ""
@@ -161,6 +163,30 @@ def test_demo_run_writes_saliency(demo_repo: Path) -> None:
     assert saliency["agreement"]["gradcam"]["lime"] == saliency["agreement"]["lime"]["gradcam"]
     assert (demo_repo / "results" / "saliency" / "maps.parquet").is_file()
     assert len(list((demo_repo / "results" / "saliency" / "sheets").glob("image_*.png"))) == 1
+
+
+def test_demo_cams_point_better_than_both_controls(demo_repo: Path, tmp_path: Path) -> None:
+    """Issue 15's acceptance test: with the demo's saliency params (its image subset, channel
+    budget, ROAD subset) on the demo's trained target CNN, every CAM method's pointing game beats
+    the same method on the random-weights network and the centred Gaussian."""
+    from lavise.models.checkpoints import resolve_weights
+    from stages.saliency import Paths, run_saliency_stage, saliency_geometry
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())  # the committed demo defaults
+    cams = ["gradcam", "gradcam++", "scorecam", "ablationcam"]
+    section = {**params["saliency"], "methods": cams, "sheets": 0, "device": "cpu"}
+    weights = resolve_weights(params["backbone"]["weights"], demo_repo / "models" / "target")
+    raw = demo_repo / "data" / "raw" / params["dataset"]
+    paths = Paths(demo_repo / "data" / "annotations", raw, tmp_path / "m.json", tmp_path)
+    layer = section["layer"] or params["backbone"]["layer"]
+    metrics = run_saliency_stage(
+        paths, {**params["backbone"], "weights": weights}, layer, saliency_geometry(params), section
+    )
+    assert metrics["pairs"] >= 10 and metrics["road_pairs"] < metrics["pairs"]
+    for method in cams:
+        trained = metrics["methods"][method]["pointing_game"]["mean"]
+        assert trained > metrics["methods"][method]["random_weights"]["pointing_game"]["mean"], method
+        assert trained > metrics["gaussian"]["pointing_game"]["mean"], method
 
 
 @pytest.mark.parametrize(
@@ -320,7 +346,7 @@ def test_demo_probe_finds_the_planted_concept(demo_repo: Path) -> None:
     compare = json.loads((demo_repo / "metrics" / "compare.json").read_text())
     concept_group = max(PROBE_CONCEPT_RATES, key=PROBE_CONCEPT_RATES.get)
     top = compare["top_filters"][concept_group]
-    # This run's target CNN trains 2 epochs (FAST_OVERRIDES): the planted word names at least one of
+    # This run's explainer trains 3 epochs (FAST_OVERRIDES): the planted word names at least one of
     # the group's top filters here; the default run names all five (README, "Explain your own images").
     named = [entry for entry in top if PROBE_CONCEPT in entry["words"]["filter_attention"]]
     assert named
@@ -349,12 +375,13 @@ def test_dvc_plots_show_renders_offline(demo_repo: Path, tmp_path: Path) -> None
 
 def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
     # Last in this module: it leaves the untracked outputs (data/features) of the other branch.
-    run(["git", "checkout", "-q", "-b", "random-weights"], demo_repo)
+    run(["git", "checkout", "-q", "-b", "whole-vocabulary"], demo_repo)
     try:
-        set_params(demo_repo, {("backbone", "weights"): "none"})
+        set_params(demo_repo, {("evaluate", "vocabulary"): "glove"})
         dvc("repro", cwd=demo_repo)
+        assert stale_stages(demo_repo) == set()
         run(["git", "add", "-A"], demo_repo)
-        run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "random weights"], demo_repo)
+        run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "whole vocabulary"], demo_repo)
         metrics = json.loads(dvc("metrics", "diff", "main", "--json", cwd=demo_repo).stdout)
         recall = metrics["metrics/recall.json"]
         for s in (5, 10, 20):
@@ -362,6 +389,6 @@ def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
             entry = recall[f"filter_attention.recall@{s}"]
             assert set(entry) >= {"old", "new"}
         params = json.loads(dvc("params", "diff", "main", "--json", cwd=demo_repo).stdout)
-        assert params["params.yaml"]["backbone.weights"] == {"old": "target", "new": "none"}
+        assert params["params.yaml"]["evaluate.vocabulary"] == {"old": "glove_nouns", "new": "glove"}
     finally:
         run(["git", "checkout", "-q", "main"], demo_repo)

@@ -63,6 +63,19 @@ def test_stage_writes_checkpoint_that_features_loads(tiny_dataset: Path, tmp_pat
         torch.testing.assert_close(extractor(images), expected)
 
 
+def test_a_second_run_writes_the_same_bytes(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Same machine, same inputs and seed: the same checkpoint and metrics, byte for byte (the
+    demo pipeline's forced-rerun test leaves `target` out, as its training is the costliest)."""
+    torch.set_num_threads(1)
+    written = []
+    for run in ("a", "b"):
+        out, metrics_path = tmp_path / run / "target", tmp_path / run / "target.json"
+        run_target(tiny_dataset / "annotations", tiny_dataset / "raw", out, metrics_path, TARGET_PARAMS)
+        written.append([(out / name).read_bytes() for name in ("model.safetensors", "config.json")])
+        written[-1].append(metrics_path.read_bytes())
+    assert written[0] == written[1]
+
+
 def test_bad_init_is_reported_with_its_params_key(tiny_dataset: Path, tmp_path: Path) -> None:
     params = {**TARGET_PARAMS, "target": {**TARGET_PARAMS["target"], "init": "IMAGENET_TYPO"}}
     with pytest.raises(ValueError, match=r"^target\.init 'IMAGENET_TYPO'"):
