@@ -272,6 +272,7 @@ SCHEMA: dict[str, Any] = {
         "repeats": integer(1),
         "seed": integer(0),
         "random_control": one_of(True, False),
+        "single_filter_reference": one_of(True, False),
         "top_filters": integer(1),
         "sheet_filters": integer(1),
         "sheet_images": integer(1),

@@ -32,7 +32,7 @@ from lavise.io import atomic_dir, json_float, read_json, write_json
 from lavise.models.backbones import build_model, seeded_model
 from lavise.models.checkpoints import resolve_weights
 from lavise.models.head import head_from_layer
-from lavise.relevance.ablation import AblationSetup, ablated_scores, ablation_row, class_rows
+from lavise.relevance.ablation import AblationSetup, ablated_scores, ablation_row, class_rows, single_filter_harm
 from lavise.relevance.classes import class_table, read_filter_words, sheet_name, write_class_sheet
 from lavise.relevance.lasso import constrained_lasso, design_moments
 from lavise.relevance.responses import layer_responses
@@ -111,10 +111,11 @@ def lasso_and_ablation(network: Network, labels: Labels, mus: list[float], relev
     weights[:, ~labels.scored] = 0.0
     setup, seed, repeats = network.setup, relevance["seed"], relevance["repeats"]
     original = setup.ap([])
+    harm = single_filter_harm(setup) if relevance["single_filter_reference"] else None
     table, classes = [], []
     d = network.train_responses.shape[1]
     for m, mu in enumerate(mus):
-        row = ablation_row(setup, (weights[m] != 0).any(axis=0), original, repeats, seed, m)
+        row = ablation_row(setup, (weights[m] != 0).any(axis=0), original, repeats, seed, m, harm)
         table.append({"mu": mu, "d": d, "fraction_dropped": row["dropped"] / d, **row})
         for item in class_rows(setup, weights[m], original, repeats, seed, m):
             classes.append({"mu": mu, "class": labels.classes[item.pop("class_index")], **item})
@@ -236,11 +237,17 @@ def geometry(params: dict[str, Any]) -> tuple[int, int, str]:
 
 
 TABLE_KEYS = ("mu", "d", "dropped", "fraction_dropped", "original_map", "selected_map", "random_map", "random_sd")
+REFERENCE_KEY = "harmful_map"  # with `relevance.single_filter_reference`
+
+
+def table_keys(row: dict[str, Any]) -> tuple[str, ...]:
+    """The columns of one row of the study's table: TABLE_KEYS, and the reference when computed."""
+    return TABLE_KEYS + ((REFERENCE_KEY,) if REFERENCE_KEY in row else ())
 
 
 def network_metrics(result: dict[str, Any]) -> dict[str, Any]:
     """The study's table per µ and, per class, its selected count and AP drops (selected, random)."""
-    table = [{key: json_float(float(row[key])) for key in TABLE_KEYS} for row in result["table"]]
+    table = [{key: json_float(float(row[key])) for key in table_keys(row)} for row in result["table"]]
     classes: dict[str, list[dict[str, Any]]] = {}
     for row in result["classes"]:
         classes.setdefault(row["class"], []).append(
@@ -255,19 +262,23 @@ def network_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_plot(path: Path, network: str, table: list[dict[str, Any]], repeats: int) -> None:
-    """mAP against filters dropped, selected vs random (band: ± one sd over the repeats)."""
+    """mAP against filters dropped, selected vs random (band: ± one sd over the repeats) and, when
+    computed, the individually most harmful filters."""
     x = [row["dropped"] for row in table]
     random_label = f"random filters ablated (mean of {repeats})"
     mean = np.array([row["random_map"] for row in table])
     sd = np.array([row["random_sd"] for row in table])
+    lines = {
+        "original": [row["original_map"] for row in table],
+        "selected filters ablated": [row["selected_map"] for row in table],
+        random_label: mean.tolist(),
+    }
+    if REFERENCE_KEY in table[0]:
+        lines["individually most harmful filters ablated"] = [row[REFERENCE_KEY] for row in table]
     line_chart(
         path,
         x,
-        {
-            "original": [row["original_map"] for row in table],
-            "selected filters ablated": [row["selected_map"] for row in table],
-            random_label: mean.tolist(),
-        },
+        lines,
         xlabel=f"filters dropped (of {table[0]['d']})",
         ylabel="mAP on the validation images",
         title=f"Ablation of the lasso's filters: {network} network",
@@ -312,7 +323,9 @@ def write_results(folder: Path, table: Any, results: dict[str, Any]) -> None:
     pq.write_table(table, folder / "classes.parquet")
     table.to_pandas().to_csv(folder / "classes.csv", index=False)
     study = [
-        {"network": name, **{k: row[k] for k in TABLE_KEYS}} for name, res in results.items() for row in res["table"]
+        {"network": name, **{k: row[k] for k in table_keys(row)}}
+        for name, res in results.items()
+        for row in res["table"]
     ]
     pd.DataFrame(study).to_csv(folder / "ablation.csv", index=False)
     per_class = [{"network": name, **row} for name, res in results.items() for row in res["classes"]]

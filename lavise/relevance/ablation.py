@@ -93,20 +93,46 @@ def mean_ap(ap: np.ndarray) -> float:
     return float(ap[valid].mean()) if valid.any() else float("nan")
 
 
+def single_filter_harm(setup: AblationSetup, chunk: int = 32) -> np.ndarray:
+    """mAP drop ``[d]`` when each filter alone is zeroed (``chunk`` ablations per pass over the maps):
+    the network's own ranking of its filters, with no labels of the lasso involved."""
+    base = mean_ap(setup.ap([]))
+    d = setup.maps.shape[1]
+    harm = np.empty(d, dtype=np.float64)
+    for start in range(0, d, chunk):
+        filters = list(range(start, min(start + chunk, d)))
+        harm[filters] = [base - mean_ap(ap) for ap in setup.aps([[j] for j in filters])]
+    return harm
+
+
+def most_harmful(harm: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` filters of largest single-filter harm ``[d]`` (ties: lower index first), sorted."""
+    return np.sort(np.argsort(-harm, kind="stable")[:k])
+
+
 def ablation_row(
-    setup: AblationSetup, selected: np.ndarray, original: np.ndarray, repeats: int, seed: int, key: int
+    setup: AblationSetup,
+    selected: np.ndarray,
+    original: np.ndarray,
+    repeats: int,
+    seed: int,
+    key: int,
+    harm: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The study's row for one µ: selected ``[d]`` bool (the union over classes).
 
     Returns a dict: ``dropped``, ``selected_map``, ``random_map`` (mean over ``repeats`` draws),
-    ``random_sd`` (their sample sd, ddof 1; 0 for one repeat) and ``random_maps`` (each draw).
+    ``random_sd`` (their sample sd, ddof 1; 0 for one repeat) and ``random_maps`` (each draw);
+    with ``harm`` (:func:`single_filter_harm`) also ``harmful_map``: as many filters ablated, the
+    individually most harmful ones, a reference for what a selection of that size can do.
     """
     drop = np.flatnonzero(selected)
     d = setup.maps.shape[1]
     randoms = [random_filters(d, len(drop), seed, (key, r)) for r in range(repeats)]
-    selected_ap, *random_aps = setup.aps([drop, *randoms])
-    draws = [mean_ap(ap) for ap in random_aps]
-    return {
+    extra = [] if harm is None else [most_harmful(harm, len(drop))]
+    selected_ap, *other_aps = setup.aps([drop, *randoms, *extra])
+    draws = [mean_ap(ap) for ap in other_aps[:repeats]]
+    row = {
         "dropped": int(len(drop)),
         "original_map": mean_ap(original),
         "selected_map": mean_ap(selected_ap),
@@ -114,6 +140,9 @@ def ablation_row(
         "random_sd": float(np.std(draws, ddof=1)) if repeats > 1 else 0.0,
         "random_maps": [float(v) for v in draws],
     }
+    if harm is not None:
+        row["harmful_map"] = mean_ap(other_aps[-1])
+    return row
 
 
 def class_rows(

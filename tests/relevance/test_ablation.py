@@ -14,7 +14,9 @@ from lavise.relevance.ablation import (
     ablation_row,
     class_rows,
     mean_ap,
+    most_harmful,
     random_filters,
+    single_filter_harm,
 )
 
 CPU = torch.device("cpu")
@@ -75,3 +77,14 @@ def test_random_filters_are_distinct_sorted_and_reproducible() -> None:
     assert len(set(first.tolist())) == 40 and np.all(np.diff(first) > 0)
     np.testing.assert_array_equal(first, random_filters(512, 40, 7, (2, 1)))
     assert not np.array_equal(first, random_filters(512, 40, 7, (2, 2)))
+
+
+def test_single_filter_harm_and_the_reference_row_by_hand(setup: AblationSetup) -> None:
+    # zeroing filter 0: class 0's AP 1 -> 0.5 (mAP 1 -> 0.75); filter 1: class 1's scores all tie,
+    # labels 0,1,0,1 -> AP 0.5 (mAP 0.75); filter 2 is unused (0)
+    harm = single_filter_harm(setup, chunk=2)  # two passes: filters {0, 1}, then {2}
+    np.testing.assert_allclose(harm, [0.25, 0.25, 0.0])
+    assert most_harmful(harm, 1).tolist() == [0] and most_harmful(harm, 2).tolist() == [0, 1]
+    row = ablation_row(setup, np.array([False, False, True]), setup.ap([]), repeats=2, seed=0, key=0, harm=harm)
+    assert row["selected_map"] == 1.0 and row["harmful_map"] == 0.75  # as many (1) filters: filter 0
+    assert "harmful_map" not in ablation_row(setup, np.array([False, False, True]), setup.ap([]), 2, 0, 0)
