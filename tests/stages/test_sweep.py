@@ -38,6 +38,7 @@ SWEEP_OVERRIDES = {
     ("relevance", "mu"): [1.6],
     ("relevance", "repeats"): 1,
     ("relevance", "random_control"): False,
+    ("relevance", "single_filter_reference"): False,
     ("saliency", "images"): 1,
     ("saliency", "methods"): ["gradcam"],
     ("saliency", "sheets"): 0,
