@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,13 @@ import pyarrow.parquet as pq
 import torch
 
 from lavise.data.embeddings import WordEmbeddings
-from lavise.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_image
-from lavise.data.transforms import Preprocessing, preprocess, resolve_preprocessing
+from lavise.data.images import DEFAULT_MAX_PIXELS, read_image
+from lavise.data.transforms import Preprocessing, resolve_preprocessing
 from lavise.data.vocabulary import Categories, Vocabulary, load_categories, load_vocabulary
 from lavise.devices import resolve_device
-from lavise.explain.explaining import CnnInputs, ExplainingConsumer, MethodOutputs
+from lavise.explain.explaining import CnnInputs, CnnSource, ExplainingConsumer, MethodOutputs, cnn_inputs
 from lavise.explain.filters import filters_label, resolve_filters
 from lavise.explain.heatmaps import write_heatmaps
-from lavise.explain.methods import REGISTRY
 from lavise.explain.results import ResultRows, write_tables
 from lavise.explain.stream import stream_maps
 from lavise.explain.words import filter_explanations, image_weights, method_words
@@ -54,8 +53,7 @@ from lavise.metrics.presence import (
 from lavise.metrics.recall import TruthTokens, truth_tokens, word_recall_metrics
 from lavise.metrics.summary import headline
 from lavise.models.checkpoints import resolve_weights
-from lavise.models.explainer import load_explainer
-from lavise.models.extractor import build_feature_extractor
+from lavise.models.explainer import load_checked_explainer
 from lavise.outputs import check_one_set
 from stages.backbone_params import stage_preprocessing, validate_backbone
 from stages.cli import run_stage, start_stage
@@ -168,16 +166,6 @@ def load_annotations(directory: Path, image_ids: np.ndarray) -> Annotations:
     return Annotations(images, categories, objects)
 
 
-def load_checked_explainer(directory: Path, device: torch.device, n_channels: int, emb_dim: int) -> torch.nn.Module:
-    """The trained explainer, which must take the layer's channels and predict GloVe-sized vectors."""
-    explainer, config = load_explainer(directory, str(device))
-    if int(config["in_dim"]) != n_channels:
-        raise ValueError(f"explainer expects {config['in_dim']} channels, the maps have {n_channels}")
-    if int(config["emb_dim"]) != emb_dim:
-        raise ValueError(f"explainer emb_dim {config['emb_dim']} != GloVe dim {emb_dim}")
-    return explainer
-
-
 def load_inputs(paths: Paths, settings: Mapping[str, Any], device: torch.device) -> Inputs:
     """Read and check everything the pass needs, failing before any work on a bad input."""
     cache = open_cache(paths.features)
@@ -200,37 +188,6 @@ def select_pairs(inputs: Inputs, settings: Mapping[str, Any]) -> Selection:
     pairs = TopImagePairs(top_rows)
     log.info("%d (filter, image) pairs", len(pairs))
     return Selection(thresholds, image_max, top_rows, pairs)
-
-
-def cnn_inputs(
-    backbone: Mapping[str, Any],
-    preprocessing: Preprocessing,
-    image_path: Callable[[int], Path],
-    cnn_filters: np.ndarray,
-    device: torch.device,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    root: Path | None = None,
-) -> CnnInputs | None:
-    """The CNN up to the layer and the image loader, when a registered method needs them and some
-    evaluated filter is chosen for them; ``None`` otherwise (the CNN is then never built)."""
-    if not cnn_filters.any() or not any(method.needs_cnn for method in REGISTRY.values()):
-        return None
-    extractor = build_feature_extractor(
-        backbone["name"],
-        str(backbone["weights"]),
-        backbone["layer"],
-        num_classes=backbone.get("num_classes"),
-        what="backbone.weights",
-    ).to(device)
-    p = preprocessing
-
-    def load_image(row: int) -> torch.Tensor:
-        image = read_image(image_path(row), max_pixels=max_pixels, root=root)
-        if isinstance(image, UnreadableImage):  # it had maps: the file changed after `features` ran
-            raise ValueError(f"{image}; the image changed since the features stage read it: run features again")
-        return preprocess(image, p.resize, p.crop, p.interpolation, p.mean, p.std)
-
-    return CnnInputs(extractor, cnn_filters, load_image)
 
 
 def explain_and_find_truth(
@@ -456,7 +413,13 @@ def run_evaluate(
     inputs = load_inputs(paths, settings, device)
     selection = select_pairs(inputs, settings)
     cnn = cnn_inputs(
-        backbone,
+        CnnSource(
+            backbone["name"],
+            str(backbone["weights"]),
+            backbone["layer"],
+            backbone.get("num_classes"),
+            "backbone.weights",
+        ),
         preprocessing,
         lambda row: image_file(paths, inputs, row),
         inputs.cnn_filters,

@@ -23,10 +23,12 @@ from lavise.data.embeddings import WordEmbeddings
 from lavise.data.images import IMAGE_STATUSES, read_image
 from lavise.data.vocabulary import load_vocabulary
 from lavise.devices import resolve_device
+from lavise.explain.explaining import CnnSource, cnn_inputs
 from lavise.explain.filters import resolve_filters
 from lavise.explain.heatmaps import write_heatmaps
 from lavise.io import atomic_dir, atomic_path, write_json, write_parquet
 from lavise.models.checkpoints import resolve_weights
+from lavise.models.explainer import load_checked_explainer
 from lavise.probe.explain import (
     NO_RECALL,
     ProbeExplanations,
@@ -38,7 +40,6 @@ from lavise.probe.explain import (
 from lavise.probe.inputs import ProbeInputs, open_probe
 from stages.backbone_params import stage_preprocessing, validate_backbone
 from stages.cli import run_stage, start_stage
-from stages.evaluate import cnn_inputs, load_checked_explainer
 
 log = logging.getLogger("stages.probe")
 
@@ -136,13 +137,11 @@ def main() -> None:
     explainer = load_checked_explainer(
         args.explainer, device, inputs.cache.val_maps.shape[1], vocabulary.vectors.shape[1]
     )
-    backbone = {
-        **params["backbone"],
-        "weights": resolve_weights(params["backbone"]["weights"], args.target_model, "backbone.weights"),
-    }
+    backbone = params["backbone"]
+    weights = resolve_weights(backbone["weights"], args.target_model, "backbone.weights")
     paths = inputs.rows["path"].to_numpy()
     cnn = cnn_inputs(
-        backbone,
+        CnnSource(backbone["name"], str(weights), backbone["layer"], backbone.get("num_classes"), "backbone.weights"),
         preprocessing,
         lambda row: inputs.root / str(paths[row]),
         masking_filters(inputs, section),

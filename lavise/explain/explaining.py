@@ -15,13 +15,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from lavise.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_image
+from lavise.data.transforms import Preprocessing, preprocess
 from lavise.explain.methods import REGISTRY, Method, PairBatch
 from lavise.explain.stream import stream_maps
 from lavise.features.thresholds import TopImagePairs
+from lavise.models.extractor import build_feature_extractor
 
 CNN_BATCH = 16  # masked images per CNN forward (activation memory of a full backbone)
 
@@ -175,3 +179,42 @@ def explain_pairs(
     )
     stream_maps(maps, [explaining], device, chunk_bytes)
     return explaining.outputs
+
+
+@dataclass(frozen=True)
+class CnnSource:
+    """The CNN a CNN-running method re-runs: backbone name, weights (resolved), layer, classes of a
+    checkpoint's head (None = inferred), and the setting that names the weights in errors."""
+
+    name: str
+    weights: str
+    layer: str
+    num_classes: int | None = None
+    weights_what: str = "weights"
+
+
+def cnn_inputs(
+    source: CnnSource,
+    preprocessing: Preprocessing,
+    image_path: Callable[[int], Path],
+    cnn_filters: np.ndarray,
+    device: torch.device,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    root: Path | None = None,
+) -> CnnInputs | None:
+    """The CNN up to the layer and the image loader, when a registered method needs them and some
+    evaluated filter is chosen for them; ``None`` otherwise (the CNN is then never built)."""
+    if not cnn_filters.any() or not any(method.needs_cnn for method in REGISTRY.values()):
+        return None
+    extractor = build_feature_extractor(
+        source.name, source.weights, source.layer, num_classes=source.num_classes, what=source.weights_what
+    ).to(device)
+    p = preprocessing
+
+    def load_image(row: int) -> torch.Tensor:
+        image = read_image(image_path(row), max_pixels=max_pixels, root=root)
+        if isinstance(image, UnreadableImage):  # it had maps: the file changed after `features` ran
+            raise ValueError(f"{image}; the image changed since the features stage read it: run features again")
+        return preprocess(image, p.resize, p.crop, p.interpolation, p.mean, p.std)
+
+    return CnnInputs(extractor, cnn_filters, load_image)

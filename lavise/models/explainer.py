@@ -149,3 +149,13 @@ def load_explainer(out_dir: str | os.PathLike[str], device: str = "cpu") -> tupl
     )
     model.load_state_dict(load_file(str(weights_path), device="cpu"), strict=True)
     return model.to(device).eval(), config
+
+
+def load_checked_explainer(directory: Path, device: torch.device, n_channels: int, emb_dim: int) -> nn.Module:
+    """The trained explainer, which must take the layer's channels and predict GloVe-sized vectors."""
+    explainer, config = load_explainer(directory, str(device))
+    if int(config["in_dim"]) != n_channels:
+        raise ValueError(f"explainer expects {config['in_dim']} channels, the maps have {n_channels}")
+    if int(config["emb_dim"]) != emb_dim:
+        raise ValueError(f"explainer emb_dim {config['emb_dim']} != GloVe dim {emb_dim}")
+    return explainer

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 import lavise.explain.stream
-import stages.evaluate
+import lavise.models.explainer
 from lavise.data.masks import image_object_masks
 from lavise.data.transforms import masks_to_crop
 from lavise.explain.methods import REGISTRY
@@ -106,7 +106,7 @@ def _run(root: Path, out: Path, settings: dict | None = None, features: Path | N
     """The stage on the fixture with the planted explainer and chunks of three images."""
     patch = pytest.MonkeyPatch()
     patch.setattr(
-        stages.evaluate,
+        lavise.models.explainer,
         "load_explainer",
         lambda d, device: (PlantedExplainer().eval(), {"in_dim": CHANNELS, "emb_dim": EMB}),
     )
