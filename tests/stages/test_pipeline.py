@@ -375,20 +375,22 @@ def test_dvc_plots_show_renders_offline(demo_repo: Path, tmp_path: Path) -> None
 
 def test_metrics_and_params_diff_between_branches(demo_repo: Path) -> None:
     # Last in this module: it leaves the untracked outputs (data/features) of the other branch.
-    run(["git", "checkout", "-q", "-b", "whole-vocabulary"], demo_repo)
+    # An interval setting: evaluate re-runs (and the report), nothing downstream of its tables.
+    run(["git", "checkout", "-q", "-b", "narrower-intervals"], demo_repo)
     try:
-        set_params(demo_repo, {("evaluate", "vocabulary"): "glove"})
+        set_params(demo_repo, {("evaluate", "bootstrap", "confidence"): 0.9})
+        assert stale_stages(demo_repo) == {"evaluate", "report"}
         dvc("repro", cwd=demo_repo)
         assert stale_stages(demo_repo) == set()
         run(["git", "add", "-A"], demo_repo)
-        run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "whole vocabulary"], demo_repo)
+        run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "90% intervals"], demo_repo)
         metrics = json.loads(dvc("metrics", "diff", "main", "--json", cwd=demo_repo).stdout)
         recall = metrics["metrics/recall.json"]
         for s in (5, 10, 20):
-            assert f"filter_attention.recall@{s}" in recall
-            entry = recall[f"filter_attention.recall@{s}"]
-            assert set(entry) >= {"old", "new"}
+            entry = recall[f"filter_attention.interval.recall@{s}.low"]
+            assert set(entry) >= {"old", "new"} and entry["new"] >= entry["old"]
+        assert "filter_attention.recall@5" not in recall  # the figure itself did not change
         params = json.loads(dvc("params", "diff", "main", "--json", cwd=demo_repo).stdout)
-        assert params["params.yaml"]["evaluate.vocabulary"] == {"old": "glove_nouns", "new": "glove"}
+        assert params["params.yaml"]["evaluate.bootstrap.confidence"] == {"old": 0.95, "new": 0.9}
     finally:
         run(["git", "checkout", "-q", "main"], demo_repo)
