@@ -128,3 +128,19 @@ def test_batched_road_equals_the_library_road_combined_per_method() -> None:
         expected = ROADCombined(percentiles=percentiles)(batch, cams, targets, model)
         np.testing.assert_allclose(scores[name], expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(scores["a"], scores["b"])
+
+
+def test_road_on_the_first_images_only(tmp_path: Path) -> None:
+    """`road_images: 1`: the first explained image gets ROAD, the next ones NaN, and the metrics
+    average ROAD over the pairs that have it (`road_pairs`)."""
+    import dataclasses
+
+    models = tiny_models(categories=None)  # top-1 class: both readable images are explained
+    scores = dataclasses.replace(SCORES, road_images=1)
+    result = run_saliency([1, 2, 3], source, models, (SIZE, SIZE), METHODS, SETTINGS, scores)
+    rows = pd.DataFrame(result.rows)
+    assert rows[rows["image_id"] == 1]["road"].notna().all() and rows[rows["image_id"] == 3]["road"].isna().all()
+    metrics = saliency_metrics(result, METHODS, False, BOOTSTRAP, 0.15)
+    assert (metrics["pairs"], metrics["road_pairs"]) == (2, 1)
+    first = rows[(rows["image_id"] == 1) & (rows["method"] == "gradcam")]["road"].iloc[0]
+    assert metrics["methods"]["gradcam"]["road"]["mean"] == pytest.approx(first)

@@ -182,7 +182,7 @@ def test_demo_cams_point_better_than_both_controls(demo_repo: Path, tmp_path: Pa
     metrics = run_saliency_stage(
         paths, {**params["backbone"], "weights": weights}, layer, saliency_geometry(params), section
     )
-    assert metrics["pairs"] >= 10 and metrics["road_pairs"] < metrics["pairs"]
+    assert metrics["pairs"] >= 10 and 0 < metrics["road_pairs"] <= metrics["pairs"]
     for method in cams:
         trained = metrics["methods"][method]["pointing_game"]["mean"]
         assert trained > metrics["methods"][method]["random_weights"]["pointing_game"]["mean"], method
