@@ -111,7 +111,7 @@ def lasso_and_ablation(network: Network, labels: Labels, mus: list[float], relev
     weights[:, ~labels.scored] = 0.0
     setup, seed, repeats = network.setup, relevance["seed"], relevance["repeats"]
     original = setup.ap([])
-    harm = single_filter_harm(setup) if relevance["single_filter_reference"] else None
+    harm = single_filter_harm(setup, original) if relevance["single_filter_reference"] else None
     table, classes = [], []
     d = network.train_responses.shape[1]
     for m, mu in enumerate(mus):

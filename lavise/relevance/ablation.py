@@ -93,10 +93,11 @@ def mean_ap(ap: np.ndarray) -> float:
     return float(ap[valid].mean()) if valid.any() else float("nan")
 
 
-def single_filter_harm(setup: AblationSetup, chunk: int = 32) -> np.ndarray:
-    """mAP drop ``[d]`` when each filter alone is zeroed (``chunk`` ablations per pass over the maps):
-    the network's own ranking of its filters, with no labels of the lasso involved."""
-    base = mean_ap(setup.ap([]))
+def single_filter_harm(setup: AblationSetup, original: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """mAP drop ``[d]`` from the unablated per-class AP ``original`` ``[C]`` when each filter alone
+    is zeroed (``chunk`` ablations per pass over the maps): the network's own ranking of its
+    filters, with no labels of the lasso involved."""
+    base = mean_ap(original)
     d = setup.maps.shape[1]
     harm = np.empty(d, dtype=np.float64)
     for start in range(0, d, chunk):

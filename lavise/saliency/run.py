@@ -142,10 +142,11 @@ def case_rows(
     without ``with_road``, and, with ground truth, the mask scores), then the random model's and
     the Gaussian control's."""
     methods = list(trained)
-    road = {name: np.full(len(case.classes), np.nan) for name in methods}
     if with_road:
         seed = scores.seed + case.image_id
         road = road_scores(models.trained.model, case.image, trained, case.classes, scores.road_percentiles, seed)
+    else:
+        road = {name: np.full(len(case.classes), np.nan) for name in methods}
     gaussian = gaussian_map(case.crop.shape[-1], scores.sigma)
     for k, (label, name) in enumerate(zip(case.classes, case.names)):
         base = {"image_id": case.image_id, "category": name, "class_index": label}

@@ -82,7 +82,7 @@ def test_random_filters_are_distinct_sorted_and_reproducible() -> None:
 def test_single_filter_harm_and_the_reference_row_by_hand(setup: AblationSetup) -> None:
     # zeroing filter 0: class 0's AP 1 -> 0.5 (mAP 1 -> 0.75); filter 1: class 1's scores all tie,
     # labels 0,1,0,1 -> AP 0.5 (mAP 0.75); filter 2 is unused (0)
-    harm = single_filter_harm(setup, chunk=2)  # two passes: filters {0, 1}, then {2}
+    harm = single_filter_harm(setup, setup.ap([]), chunk=2)  # two passes: filters {0, 1}, then {2}
     np.testing.assert_allclose(harm, [0.25, 0.25, 0.0])
     assert most_harmful(harm, 1).tolist() == [0] and most_harmful(harm, 2).tolist() == [0, 1]
     row = ablation_row(setup, np.array([False, False, True]), setup.ap([]), repeats=2, seed=0, key=0, harm=harm)
